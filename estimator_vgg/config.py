@@ -1,0 +1,331 @@
+"""The job's configuration: defaults in code, strict YAML and command-line overrides, one validation.
+
+Everything else in the package receives the frozen `Config` built here and never a raw dict.
+The README's config reference is generated from the field docs below
+(`python -m estimator_vgg.config`), and a test keeps the two identical.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Tuple
+
+import yaml
+
+RESIZE_POLICIES = ("center_crop", "squash")
+OUTPUT_FORMATS = ("parquet", "npy", "csv")
+NAMED_WEIGHTS = ("imagenet", "synthetic")
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key (or file) and what to do."""
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    dir: Path = _doc("Folder of images, scanned recursively. Relative paths in a config file are "
+                     "resolved against the file's folder, on the command line against the current "
+                     "folder. Required.", default=None)
+    extensions: Tuple[str, ...] = _doc("File extensions that count as images (case-insensitive, "
+                                       "without the dot).", default=DEFAULT_EXTENSIONS)
+    decode_threads: int = _doc("Images decoded and resized in parallel by tf.data.", default=2)
+    prefetch_batches: int = _doc("Batches prepared ahead of the model.", default=2)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    resize: str = _doc("`center_crop`: shorter side to 224, then the central 224x224; `squash`: "
+                       "both sides to 224, aspect ratio not kept. Part of the features' meaning: "
+                       "recorded in the output manifest.", default="center_crop")
+    antialias: bool = _doc("Antialias when shrinking (bilinear filter widened to the scale).",
+                           default=True)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str = _doc("`imagenet` (Keras' published file, downloaded once with its hash "
+                        "checked), a path to a Keras `.h5`, a path to a tensorflow-vgg `.npy`, or "
+                        "`synthetic` (deterministic random weights from `model.seed`: for tests "
+                        "and demos only, never real features).", default="imagenet")
+    seed: int = _doc("Seed of the `synthetic` weights; ignored otherwise.", default=0)
+    allow_pickle: bool = _doc("Must be `true` to load a `.npy` weights file: reading it runs "
+                              "Python's pickle, which can execute code from the file. Only for "
+                              "files you trust.", default=False)
+    cache_dir: Path = _doc("Where weights are converted (once per file, keyed by its sha256) into "
+                           "the checkpoint the Estimator restores.",
+                           default=Path("~/.cache/estimator-vgg"))
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    gpus: Optional[Tuple[int, ...]] = _doc("GPU ids, one tower per id (for example `[0, 1, 2, "
+                                           "3]`). Exclusive with `devices.cpus`.", default=None)
+    cpus: Optional[int] = _doc("Number of CPU towers when no GPUs are named (each a TensorFlow "
+                               "CPU device; the same code path as GPUs). Defaults to 1.",
+                               default=None)
+    batch_size: int = _doc("Images per tower per step; a step takes `batch_size` x towers.",
+                           default=8)
+    soft_placement: bool = _doc("Let TensorFlow move ops to another device when the named one "
+                                "cannot run them. Off, a wrong device map fails loudly instead of "
+                                "collapsing silently onto one device.", default=False)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: Path = _doc("Output folder; features go to `<dir>/features/`. Required.", default=None)
+    format: str = _doc("`parquet` (columns `path`, `fc7`), `npy` (float32 matrix plus a path "
+                       "index per part) or `csv` (wide: `path`, `vgg0`..`vgg4095`).",
+                       default="parquet")
+    rows_per_part: int = _doc("Rows per output part file; bounds the memory the writer holds.",
+                              default=1024)
+    overwrite: bool = _doc("Replace features already in `output.dir` instead of refusing.",
+                           default=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    input: InputConfig = field(default_factory=InputConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: Optional[Path] = None  # the YAML file this came from, if any
+
+    @property
+    def towers(self) -> int:
+        return len(self.devices.gpus) if self.devices.gpus else (self.devices.cpus or 1)
+
+    def to_dict(self) -> dict:
+        """Plain, YAML-safe dict of the resolved config (for manifests)."""
+        out = {}
+        for sec in _SECTIONS:
+            out[sec] = {}
+            for f in dataclasses.fields(_SECTIONS[sec]):
+                v = getattr(getattr(self, sec), f.name)
+                if isinstance(v, Path):
+                    v = str(v)
+                elif isinstance(v, tuple):
+                    v = list(v)
+                out[sec][f.name] = v
+        return out
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "source"}
+_SECTIONS = {"input": InputConfig, "preprocess": PreprocessConfig, "model": ModelConfig,
+             "devices": DevicesConfig, "output": OutputConfig}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_name(args[0]) + " or null"
+    if origin in (tuple, Tuple):
+        return "list of " + _type_name(typing.get_args(tp)[0])
+    return {Path: "path", str: "string", int: "integer", bool: "boolean"}.get(tp, str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check `value` against the annotated type; return it in the frozen form (tuples, Paths)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return _coerce(key, inner, value)
+    if origin in (tuple, Tuple):
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = [value]  # a lone value where a list is expected: `devices.gpus=0`
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = typing.get_args(tp)[0]
+        return tuple(_coerce(f"{key}[{i}]", inner, v) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp in (str, Path):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: expected a {_type_name(tp)}, got {value!r}")
+        return str(value)
+    raise TypeError(tp)  # a field type this module does not handle: a bug here, not in the config
+
+
+def _merge(tree: dict, overrides: Mapping[str, Any], origin: str, base: Path,
+           bases: dict) -> None:
+    for sec, body in overrides.items():
+        if sec not in _SECTIONS:
+            raise ConfigError(f"{origin}: unknown section {sec!r}; known sections: "
+                              f"{', '.join(_SECTIONS)}")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: section {sec!r} must be a mapping of keys, got {body!r}")
+        names = {f.name for f in dataclasses.fields(_SECTIONS[sec])}
+        for k, v in body.items():
+            if k not in names:
+                raise ConfigError(f"{origin}: unknown key {sec}.{k}; keys of {sec}: "
+                                  f"{', '.join(sorted(names))}")
+            tree.setdefault(sec, {})[k] = v
+            bases[f"{sec}.{k}"] = base
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """`devices.cpus=2` -> ("devices.cpus", 2); the value is read as YAML (`[0,1]`, `true`)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    if key.count(".") != 1:
+        raise ConfigError(f"override {text!r}: the key must be section.key, like devices.cpus")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
+    return key.strip(), value
+
+
+def load_config(path: Optional[os.PathLike | str] = None, overrides: Any = (),
+                **sections: Mapping[str, Any]) -> Config:
+    """Read a YAML config, apply `section.key=value` overrides, validate, and freeze.
+
+    `overrides` may be a list of "section.key=value" strings or a dict {"section.key": value};
+    keyword sections (`input={"dir": ...}`) are merged first, for notebooks that skip YAML.
+    """
+    tree: dict = {}
+    bases: dict = {}
+    cwd = Path.cwd()
+    source = None
+    if sections:
+        _merge(tree, sections, "load_config arguments", cwd, bases)
+    if path is not None:
+        source = Path(path).expanduser().resolve()
+        if not source.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(source.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        _merge(tree, data, str(path), source.parent, bases)
+    pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in pairs:
+        if key.count(".") != 1:
+            raise ConfigError(f"override key {key!r} must be section.key, like devices.cpus")
+        sec, k = key.split(".")
+        _merge(tree, {sec: {k: value}}, "command line", cwd, bases)
+    return _build(tree, bases, source)
+
+
+def _resolve(p: str, base: Path) -> Path:
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else (base / q)
+
+
+def _build(tree: dict, bases: dict, source: Optional[Path]) -> Config:
+    built = {}
+    for sec, cls in _SECTIONS.items():
+        kwargs = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{sec}.{f.name}"
+            if f.name in tree.get(sec, {}):
+                v = _coerce(key, hints[f.name], tree[sec][f.name])
+                if hints[f.name] is Path and v is not None:
+                    v = _resolve(v, bases[key])
+                kwargs[f.name] = v
+        built[sec] = cls(**kwargs)
+    cfg = Config(source=source, **built)
+    _validate(cfg, bases)
+    return cfg
+
+
+def _validate(cfg: Config, bases: dict) -> None:
+    i, p, m, d, o = cfg.input, cfg.preprocess, cfg.model, cfg.devices, cfg.output
+    if i.dir is None:
+        raise ConfigError("input.dir is required: the folder of images to embed")
+    if not i.dir.is_dir():
+        raise ConfigError(f"input.dir: folder {i.dir} does not exist"
+                          + (" (it is a file)" if i.dir.exists() else ""))
+    if not i.extensions:
+        raise ConfigError("input.extensions is empty: name at least one extension, like jpg")
+    object.__setattr__(i, "extensions",
+                       tuple(sorted({e.lower().lstrip(".") for e in i.extensions})))
+    for key, v in (("input.decode_threads", i.decode_threads),
+                   ("input.prefetch_batches", i.prefetch_batches),
+                   ("devices.batch_size", d.batch_size), ("output.rows_per_part", o.rows_per_part)):
+        if v < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {v}")
+    if p.resize not in RESIZE_POLICIES:
+        raise ConfigError(f"preprocess.resize: {p.resize!r} is not a policy; choose one of "
+                          f"{', '.join(RESIZE_POLICIES)}")
+    if o.dir is None:
+        raise ConfigError("output.dir is required: the folder the features are written to")
+    if o.format not in OUTPUT_FORMATS:
+        raise ConfigError(f"output.format: {o.format!r} is not a format; choose one of "
+                          f"{', '.join(OUTPUT_FORMATS)}")
+    if m.weights not in NAMED_WEIGHTS:
+        w = _resolve(m.weights, bases.get("model.weights", Path.cwd()))
+        if not w.is_file():
+            raise ConfigError(f"model.weights: file {w} does not exist; give a Keras .h5 or a "
+                              f"tensorflow-vgg .npy file, or `imagenet` to download Keras' "
+                              f"published weights")
+        if w.suffix.lower() not in (".h5", ".hdf5", ".npy"):
+            raise ConfigError(f"model.weights: {w} is neither a Keras .h5 nor a tensorflow-vgg "
+                              f".npy file (judged by its extension)")
+        if w.suffix.lower() == ".npy" and not m.allow_pickle:
+            raise ConfigError(f"model.weights: {w} is a .npy file, which is read with Python's "
+                              f"pickle and can run code hidden in the file. If you trust it, set "
+                              f"model.allow_pickle: true; otherwise convert it to .h5 elsewhere")
+        object.__setattr__(m, "weights", str(w))
+    object.__setattr__(m, "cache_dir", m.cache_dir.expanduser())
+    if d.gpus is not None and d.cpus is not None:
+        raise ConfigError("devices.gpus and devices.cpus are both set: name GPUs, or a number of "
+                          "CPU towers, not both")
+    if d.gpus is not None:
+        if not d.gpus:
+            raise ConfigError("devices.gpus is an empty list: name at least one GPU id, or use "
+                              "devices.cpus")
+        if len(set(d.gpus)) != len(d.gpus) or min(d.gpus) < 0:
+            raise ConfigError(f"devices.gpus: {list(d.gpus)} must be distinct ids >= 0")
+    if d.cpus is not None and d.cpus < 1:
+        raise ConfigError(f"devices.cpus: must be at least 1, got {d.cpus}")
+
+
+def reference_markdown() -> str:
+    """The README's config reference table, generated from the field docs."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for sec, cls in _SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default
+            if default is None:
+                shown = "required" if f.name == "dir" else "null"
+            elif isinstance(default, tuple):
+                shown = "[" + ", ".join(map(str, default)) + "]"
+            elif isinstance(default, bool):
+                shown = str(default).lower()
+            else:
+                shown = str(default)
+            rows.append(f"| `{sec}.{f.name}` | {_type_name(hints[f.name])} | `{shown}` | "
+                        f"{f.metadata['doc']} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference_markdown())

@@ -1,0 +1,120 @@
+"""The tf.estimator face of the job: model_fn (VGG16 to fc7 over towers), RunConfig, devices.
+
+Estimator.predict in TF 2.15 ignores the distribution strategies and RunConfig.device_fn, so the
+fan-out over devices happens inside model_fn (see towers.py), and the session config names the
+devices. Usage, from a notebook:
+
+    cfg = load_config("configs/demo.yaml")
+    est = build_estimator(cfg)
+    for p in est.predict(input_fn(cfg, list_images(cfg.input.dir, cfg.input.extensions))):
+        p["path"], p["fc7"]
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional
+
+import tensorflow as tf
+
+from estimator_vgg import towers, vgg16
+from estimator_vgg import weights as weights_mod
+from estimator_vgg.config import Config, DevicesConfig
+
+log = logging.getLogger(__name__)
+
+HOST = "/device:CPU:0"
+
+
+class DeviceError(RuntimeError):
+    """The config names a device this machine does not have."""
+
+
+def tower_devices(devices: DevicesConfig) -> List[str]:
+    """One TensorFlow device name per tower.
+
+    GPUs are named as the session sees them: `visible_device_list` renumbers the configured
+    ids from 0, so `gpus: [2, 3]` gives towers on /device:GPU:0 and /device:GPU:1 of the session,
+    which are physical GPUs 2 and 3.
+    """
+    if devices.gpus:
+        return [f"/device:GPU:{i}" for i in range(len(devices.gpus))]
+    return [f"/device:CPU:{i}" for i in range(devices.cpus or 1)]
+
+
+def session_config(devices: DevicesConfig) -> tf.compat.v1.ConfigProto:
+    """The session config that makes the towers' devices exist.
+
+    It replaces Estimator's defaults entirely, so soft placement is set here explicitly.
+    """
+    if devices.gpus:
+        gpu_options = tf.compat.v1.GPUOptions(
+            visible_device_list=",".join(str(g) for g in devices.gpus), allow_growth=True)
+        return tf.compat.v1.ConfigProto(allow_soft_placement=devices.soft_placement,
+                                        device_count={"GPU": len(devices.gpus), "CPU": 1},
+                                        gpu_options=gpu_options)
+    return tf.compat.v1.ConfigProto(allow_soft_placement=devices.soft_placement,
+                                    device_count={"CPU": devices.cpus or 1, "GPU": 0})
+
+
+def check_devices(devices: DevicesConfig) -> None:
+    """Stop before any work if the config names a GPU that TensorFlow cannot see."""
+    if not devices.gpus:
+        cpus = devices.cpus or 1
+        if cpus > (os.cpu_count() or 1):
+            log.warning("devices.cpus=%d towers on %d cores: CPU towers share the cores, so "
+                        "more towers than cores add memory, not speed", cpus, os.cpu_count())
+        return
+    found = tf.config.list_physical_devices("GPU")
+    missing = [g for g in devices.gpus if g >= len(found)]
+    if missing:
+        have = (f"GPUs {list(range(len(found)))}" if found else
+                "no GPU (check nvidia-smi, the CUDA libraries, and that TensorFlow was installed "
+                "with GPU support: pip install 'tensorflow[and-cuda]==2.15.1')")
+        raise DeviceError(f"devices.gpus names GPU {', '.join(map(str, missing))}, but "
+                          f"TensorFlow sees {have}. Set devices.gpus to ids that exist, or use "
+                          f"devices.cpus")
+
+
+def model_fn(features, labels, mode, params):
+    """VGG16 up to fc7, one tower per device in params["devices"]; PREDICT mode only.
+
+    features: {"image": float32 [n, 224, 224, 3] Caffe-preprocessed, "path": string [n]}.
+    predictions: {"fc7": float32 [n, 4096], "path": string [n]}.
+    """
+    del labels
+    if mode != tf.estimator.ModeKeys.PREDICT:
+        raise ValueError(f"estimator-vgg's model_fn only predicts (mode {mode!r} requested): "
+                         f"it extracts fixed VGG16 features and has no training or evaluation")
+    devices = params["devices"]
+    per_tower, copy_op = towers.tower_weights(devices)
+    fc7 = towers.replicate(vgg16.fc7, features["image"], devices, per_tower, host=HOST)
+    with tf.device(HOST):
+        # Restoring the checkpoint skips init_op. Reaching it means there was no checkpoint,
+        # and predicting from zero or random weights must never pass for features.
+        refuse = tf.raw_ops.Assert(
+            condition=tf.constant(False),
+            data=["estimator-vgg: no checkpoint was restored, refusing to predict without the "
+             "weights. Build the Estimator with build_estimator(cfg), which converts the "
+             "configured weights into the model_dir's checkpoint."],
+            name="refuse_to_predict_without_checkpoint")
+    scaffold = tf.compat.v1.train.Scaffold(init_op=refuse, local_init_op=copy_op)
+    return tf.estimator.EstimatorSpec(mode, predictions={"fc7": fc7, "path": features["path"]},
+                                      scaffold=scaffold)
+
+
+def build_estimator(cfg: Config,
+                    prepared: Optional[weights_mod.PreparedWeights] = None
+                    ) -> tf.estimator.Estimator:
+    """An Estimator over the configured devices, restoring the configured weights.
+
+    Checks the devices first, then converts the weights into a cached checkpoint on first use
+    (pass `prepared` to skip that step when it was done already).
+    """
+    check_devices(cfg.devices)
+    if prepared is None:
+        prepared = weights_mod.prepare(cfg.model)
+    run_config = tf.estimator.RunConfig(model_dir=str(prepared.model_dir),
+                                        session_config=session_config(cfg.devices))
+    return tf.estimator.Estimator(model_fn=model_fn, config=run_config,
+                                  params={"devices": tower_devices(cfg.devices)})
