@@ -234,7 +234,8 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: Any = (),
 
 def _resolve(p: str, base: Path) -> Path:
     q = Path(p).expanduser()
-    return q if q.is_absolute() else (base / q)
+    # abspath, not resolve(): keep symlinked folders as the user named them, drop the "..".
+    return Path(os.path.abspath(q if q.is_absolute() else base / q))
 
 
 def _build(tree: dict, bases: dict, source: Optional[Path]) -> Config:
