@@ -124,6 +124,24 @@ _SECTIONS = {"input": InputConfig, "preprocess": PreprocessConfig, "model": Mode
              "devices": DevicesConfig, "output": OutputConfig}
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is typing.Union:
@@ -215,7 +233,7 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: Any = (),
         if not source.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(source.read_text(encoding="utf-8"))
+            data = yaml.load(source.read_text(encoding="utf-8"), Loader=_StrictLoader)
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if data is None:

@@ -29,6 +29,7 @@ def tower_weights(devices: Sequence[str]) -> Tuple[List[vgg16.Weights], tf.Opera
     for i, dev in enumerate(devices[1:], start=1):
         with tf.device(dev):
             copy = vgg16.create_variables(f"tower_{i}/{vgg16.SCOPE}", local=True)
+        with tf.device(dev), tf.name_scope(f"fill_tower_{i}"):
             for name, (k, b) in copy.items():
                 src_k, src_b = primary[name]
                 # The assign runs on the copy's device: the value crosses once per session.

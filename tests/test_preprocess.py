@@ -1,0 +1,67 @@
+"""Preprocessing: decoding every supported format to RGB, the resize policies, Caffe's BGR/mean."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import DEMO
+from estimator_vgg.preprocess import (CAFFE_BGR_MEAN, IMAGE_SIZE, caffe_preprocess, decode_rgb,
+                                      preprocess, resize)
+
+
+def test_caffe_preprocessing_equals_keras_vgg16_preprocess_input():
+    rgb = np.random.default_rng(1).uniform(0, 255, (2, 5, 7, 3)).astype(np.float32)
+    ours = caffe_preprocess(tf.constant(rgb)).numpy()
+    keras = tf.keras.applications.vgg16.preprocess_input(rgb.copy())
+    np.testing.assert_allclose(ours, keras, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ours[..., 0], rgb[..., 2] - CAFFE_BGR_MEAN[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["chelsea_cat.JPG", "camera_gray.png", "retina.gif",
+                                  "space/astronaut fade.png", "space/rocket_portrait.bmp"])
+def test_every_demo_format_decodes_to_rgb(name):
+    img = decode_rgb(tf.io.read_file(str(DEMO / name)))
+    assert img.dtype == tf.uint8 and img.shape[-1] == 3 and img.shape[0] > 100
+
+
+def test_grayscale_repeats_the_channel():
+    img = decode_rgb(tf.io.read_file(str(DEMO / "camera_gray.png"))).numpy()
+    assert (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()
+
+
+def test_center_crop_keeps_the_middle_of_a_wide_image():
+    # 300 x 900: columns left third 0, middle third 200, right third 50.
+    img = np.zeros((300, 900, 3), np.uint8)
+    img[:, 300:600] = 200
+    img[:, 600:] = 50
+    out = resize(tf.constant(img), "center_crop", antialias=True).numpy()
+    assert out.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    # Scaled to 224 x 672, the crop is columns 224..448: exactly the middle third.
+    np.testing.assert_allclose(out[:, 5:-5], 200, atol=1e-3)
+
+
+def test_squash_keeps_the_whole_frame():
+    img = np.zeros((300, 900, 3), np.uint8)
+    img[:, :300] = 255
+    out = resize(tf.constant(img), "squash").numpy()
+    assert out.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert out[:, :70].mean() > 250 and out[:, 80:].mean() < 1
+
+
+def test_small_images_are_scaled_up_to_224():
+    img = np.full((133, 200, 3), 90, np.uint8)
+    out = resize(tf.constant(img), "center_crop").numpy()
+    assert out.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    np.testing.assert_allclose(out, 90, atol=1e-3)
+
+
+def test_preprocess_gives_bgr_minus_mean_of_a_flat_colour():
+    red = np.zeros((256, 256, 3), np.uint8)
+    red[..., 0] = 255
+    out = preprocess(tf.io.encode_png(red), "center_crop").numpy()
+    np.testing.assert_allclose(out[..., 2], 255 - CAFFE_BGR_MEAN[2], atol=1e-3)  # R is last
+    np.testing.assert_allclose(out[..., 0], -CAFFE_BGR_MEAN[0], atol=1e-3)
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="unknown resize policy 'crop'"):
+        resize(tf.zeros([4, 4, 3]), "crop")
