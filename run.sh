@@ -4,29 +4,33 @@
 # pyproject.toml change).
 #   ./run.sh CONFIG.yaml [section.key=value ...]   run the job
 #   ./run.sh test [pytest args ...]                 run the test suite
-#   PYTHON=/path/to/python3.11 ./run.sh ...         choose the interpreter for .venv
+#   PYTHON=/path/to/python3.11 ./run.sh ...         choose the interpreter for a new .venv
+#                                                   (delete .venv to switch interpreters)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 
 pick_python() {
   # TensorFlow 2.15, the last release with tf.estimator, supports Python 3.9 to 3.11 only.
-  local candidates=("${PYTHON:-}" python3.11 python3.10 python3.9 python3)
   local c v
-  for c in "${candidates[@]}"; do
-    [ -n "$c" ] || continue
+  if [ -n "${PYTHON:-}" ]; then  # asked for by name: use it or say why not, never another
+    v="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" || {
+      echo "run.sh: PYTHON=$PYTHON does not run as a Python interpreter." >&2; return 1; }
+    case "$v" in
+      3.9|3.10|3.11) echo "$PYTHON"; return 0 ;;
+    esac
+    echo "run.sh: PYTHON=$PYTHON is Python $v; estimator-vgg needs Python 3.9, 3.10 or 3.11" \
+         "(TensorFlow 2.15, the last release with tf.estimator, supports no other)." >&2
+    return 1
+  fi
+  for c in python3.11 python3.10 python3.9 python3; do
     command -v "$c" >/dev/null 2>&1 || continue
     v="$("$c" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" || continue
     case "$v" in
       3.9|3.10|3.11) echo "$c"; return 0 ;;
     esac
-    if [ -n "${PYTHON:-}" ] && [ "$c" = "$PYTHON" ]; then
-      echo "run.sh: PYTHON=$PYTHON is Python $v; estimator-vgg needs Python 3.9, 3.10 or 3.11" \
-           "(TensorFlow 2.15, the last release with tf.estimator, supports no other)." >&2
-      return 1
-    fi
   done
-  echo "run.sh: no Python 3.9-3.11 found (python3 is $(python3 --version 2>&1 || echo missing))." \
+  echo "run.sh: no Python 3.9-3.11 found (python3 is $(python3 --version 2>/dev/null || echo missing))." \
        "estimator-vgg needs Python 3.9, 3.10 or 3.11 because TensorFlow 2.15, the last release" \
        "with tf.estimator, supports no other. Install Python 3.11 (for example" \
        "'pyenv install 3.11' or your system's python3.11 package) and run again, or point" \
@@ -60,7 +64,7 @@ bootstrap() {
 }
 
 if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
   if [ -x "$VENV/bin/python" ]; then echo; exec "$VENV/bin/python" -m estimator_vgg --help; fi
   exit 0
 fi

@@ -41,6 +41,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("config", help="the job's YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override a config value (read as YAML); beats the file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete features, errors and manifest already in output.dir and "
+                             "start afresh (same as output.overwrite=true)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show TensorFlow's own log lines and full tracebacks")
     args = parser.parse_args(argv)
@@ -49,7 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from estimator_vgg.config import ConfigError, load_config
     try:
-        cfg = load_config(args.config, args.overrides)
+        overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
+        cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"estimator-vgg: config error: {e}", file=sys.stderr)
         return 2
@@ -60,15 +64,31 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from estimator_vgg.estimator import DeviceError
     from estimator_vgg.runner import JobError, run
+    from estimator_vgg.store import OutputError
     from estimator_vgg.weights import WeightsError
     try:
         summary = run(cfg)
-    except (JobError, DeviceError, WeightsError) as e:
+    except (JobError, DeviceError, WeightsError, OutputError) as e:
         if args.verbose:
             log.exception("failed")
         print(f"estimator-vgg: error: {e}", file=sys.stderr)
         return 1
-    print(f"estimator-vgg: {summary.features} images -> {summary.output / 'features'} "
-          f"({cfg.output.format}) in {summary.seconds:.1f} s, "
-          f"{summary.images_per_s:.2f} images/s")
-    return 0
+    print(summary_text(summary, cfg.output.format))
+    if summary.error_count / summary.files > cfg.input.max_error_fraction:
+        return 1
+    return 3 if summary.error_count else 0
+
+
+def summary_text(s, fmt: str) -> str:
+    if s.noop:
+        head = (f"estimator-vgg: nothing to do: all {s.files} files are already done "
+                f"({s.features} features, {s.error_count} errors) in {s.output}")
+    else:
+        head = (f"estimator-vgg: {s.new_files} new files in {s.seconds:.1f} s "
+                f"({s.images_per_s:.2f} images/s); output {s.output} ({fmt})")
+    lines = [head, f"  files      {s.files}", f"  features   {s.features}",
+             f"  errors     {s.error_count}"]
+    lines += [f"    {reason:<22} {n}" for reason, n in s.errors.items()]
+    if s.error_count:
+        lines.append(f"  the errors table: pandas.read_parquet('{s.output / 'errors'}')")
+    return "\n".join(lines)

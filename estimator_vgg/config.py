@@ -19,7 +19,9 @@ import yaml
 RESIZE_POLICIES = ("center_crop", "squash")
 OUTPUT_FORMATS = ("parquet", "npy", "csv")
 NAMED_WEIGHTS = ("imagenet", "synthetic")
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp")
+# tif, tiff and webp are listed so that such files show up as `unsupported_format` errors
+# instead of being skipped unseen.
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp")
 
 
 class ConfigError(ValueError):
@@ -39,6 +41,16 @@ class InputConfig:
                                        "without the dot).", default=DEFAULT_EXTENSIONS)
     decode_threads: int = _doc("Images decoded and resized in parallel by tf.data.", default=2)
     prefetch_batches: int = _doc("Batches prepared ahead of the model.", default=2)
+    max_pixels: int = _doc("Images whose header claims more pixels are refused before decoding "
+                           "(reason `too_large`), so a small file claiming 40000x40000 cannot "
+                           "exhaust memory.", default=100_000_000)
+    max_error_fraction: float = _doc("Fraction of files allowed to fail (errors table); above "
+                                     "it the job stops with exit code 1. Checked after each part "
+                                     "once 100 files were seen, and at the end.", default=0.05)
+    follow_external_symlinks: bool = _doc("Read symlinks whose target lies outside `input.dir`. "
+                                          "Off, such a link becomes an error row "
+                                          "(`symlink_outside_root`) and is never opened.",
+                                          default=False)
 
 
 @dataclass(frozen=True)
@@ -87,8 +99,9 @@ class OutputConfig:
                        default="parquet")
     rows_per_part: int = _doc("Rows per output part file; bounds the memory the writer holds.",
                               default=1024)
-    overwrite: bool = _doc("Replace features already in `output.dir` instead of refusing.",
-                           default=False)
+    overwrite: bool = _doc("Start afresh: delete the features, errors and manifest already in "
+                           "`output.dir` (nothing else there). Without it a rerun resumes, and "
+                           "refuses if the weights or preprocessing differ.", default=False)
 
 
 @dataclass(frozen=True)
@@ -149,7 +162,8 @@ def _type_name(tp: Any) -> str:
         return _type_name(args[0]) + " or null"
     if origin in (tuple, Tuple):
         return "list of " + _type_name(typing.get_args(tp)[0])
-    return {Path: "path", str: "string", int: "integer", bool: "boolean"}.get(tp, str(tp))
+    return {Path: "path", str: "string", int: "integer", bool: "boolean",
+            float: "number"}.get(tp, str(tp))
 
 
 def _coerce(key: str, tp: Any, value: Any) -> Any:
@@ -175,6 +189,10 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
     if tp in (str, Path):
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{key}: expected a {_type_name(tp)}, got {value!r}")
@@ -281,6 +299,11 @@ def _validate(cfg: Config, bases: dict) -> None:
     if not i.dir.is_dir():
         raise ConfigError(f"input.dir: folder {i.dir} does not exist"
                           + (" (it is a file)" if i.dir.exists() else ""))
+    if not 0.0 <= i.max_error_fraction <= 1.0:
+        raise ConfigError(f"input.max_error_fraction: must be between 0 and 1, got "
+                          f"{i.max_error_fraction}")
+    if i.max_pixels < 1:
+        raise ConfigError(f"input.max_pixels: must be at least 1, got {i.max_pixels}")
     if not i.extensions:
         raise ConfigError("input.extensions is empty: name at least one extension, like jpg")
     object.__setattr__(i, "extensions",

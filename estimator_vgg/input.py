@@ -12,30 +12,55 @@ from estimator_vgg.config import Config
 from estimator_vgg.preprocess import preprocess
 
 
-def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = None
+def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = None,
+             part_sizes: Optional[Sequence[int]] = None, skip_bad: bool = False
              ) -> Callable[[], tf.data.Dataset]:
     """The input_fn for `Estimator.predict` over `paths` (relative to `root`, default input.dir).
 
     A step takes `devices.batch_size` images per tower; the last batch may be smaller. The
     order of the rows is the order of `paths`. Absolute paths work too (joined, they stay
     themselves), and each one's "path" feature is the string given here.
+
+    part_sizes: consecutive runs of `paths` that are batched on their own, so no batch spans
+    two parts and a part's batches do not depend on what came before it (a resumed job then
+    computes every part exactly as an uninterrupted one). Default: one part.
+    skip_bad: drop images that fail to read, to pass the pixel limit or to decode, instead of
+    raising. The caller must account for the missing paths (the runner records each one in
+    the errors table); a notebook user wants the error, hence the default.
     """
     if not paths:
         raise ValueError("input_fn: the list of paths is empty")
     root = str(root if root is not None else cfg.input.dir)
+    sizes = list(part_sizes) if part_sizes is not None else [len(paths)]
+    if sum(sizes) != len(paths) or min(sizes) < 0:
+        raise ValueError(f"input_fn: part_sizes {sizes[:5]}... do not add up to {len(paths)}")
     files = [os.fsencode(os.path.join(root, p)) for p in paths]
     keys = [p.encode("utf-8", "surrogateescape") for p in paths]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]  # cheap next to reading the images
     batch = cfg.devices.batch_size * cfg.towers
-    policy, antialias = cfg.preprocess.resize, cfg.preprocess.antialias
-    threads, prefetch = cfg.input.decode_threads, cfg.input.prefetch_batches
+    i = cfg.input
+    policy, antialias, max_pixels = cfg.preprocess.resize, cfg.preprocess.antialias, i.max_pixels
+    threads, prefetch = i.decode_threads, i.prefetch_batches
 
     def load(file, key):
-        return {"image": preprocess(tf.io.read_file(file), policy, antialias), "path": key}
+        image = preprocess(tf.io.read_file(file), policy, antialias, max_pixels)
+        return {"image": image, "path": key}
 
     def make() -> tf.data.Dataset:
-        ds = tf.data.Dataset.from_tensor_slices((files, keys))
-        ds = ds.map(load, num_parallel_calls=threads, deterministic=True)
-        ds = ds.batch(batch).prefetch(prefetch)
+        all_files = tf.constant(files)
+        all_keys = tf.constant(keys)
+
+        def part(start, size):
+            ds = tf.data.Dataset.from_tensor_slices((all_files[start:start + size],
+                                                     all_keys[start:start + size]))
+            ds = ds.map(load, num_parallel_calls=threads, deterministic=True)
+            if skip_bad:
+                ds = ds.ignore_errors()
+            return ds.batch(batch)
+
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(starts, tf.int64),
+                                                 tf.constant(sizes, tf.int64)))
+        ds = ds.filter(lambda start, size: size > 0).flat_map(part).prefetch(prefetch)
         options = tf.data.Options()
         options.deterministic = True
         # Fixed parallelism instead of autotune: with autotune on, runs were seen idling for

@@ -13,6 +13,58 @@ IMAGE_SIZE = 224
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
+def header_size(contents: tf.Tensor) -> tf.Tensor:
+    """int64 [height, width] claimed by a JPEG/PNG/GIF/BMP header, read without decoding.
+
+    [-1, -1] for other formats (the decoder then refuses them). A JPEG with a broken header
+    raises, as its decode would.
+    """
+    head = tf.strings.substr(contents, 0, 32)
+    head = tf.strings.substr(tf.strings.join([head, tf.constant(b"\0" * 32)]), 0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def be(i, n):  # big-endian unsigned int of n bytes at offset i
+        v = tf.constant(0, tf.int64)
+        for k in range(n):
+            v = v * 256 + b[i + k]
+        return v
+
+    def le(i, n):
+        v = tf.constant(0, tf.int64)
+        for k in reversed(range(n)):
+            v = v * 256 + b[i + k]
+        return v
+
+    def le_int32(i):
+        v = le(i, 4)
+        return tf.where(v >= 2 ** 31, v - 2 ** 32, v)
+
+    is_png = tf.reduce_all(tf.equal(b[:4], [137, 80, 78, 71]))
+    is_gif = tf.reduce_all(tf.equal(b[:3], [71, 73, 70]))
+    is_bmp = tf.reduce_all(tf.equal(b[:2], [66, 77]))
+    is_jpeg = tf.reduce_all(tf.equal(b[:2], [255, 216]))
+    unknown = tf.constant([-1, -1], tf.int64)
+    return tf.case([
+        (is_png, lambda: tf.stack([be(20, 4), be(16, 4)])),
+        (is_gif, lambda: tf.stack([le(8, 2), le(6, 2)])),
+        (is_bmp, lambda: tf.stack([tf.abs(le_int32(22)), tf.abs(le_int32(18))])),
+        (is_jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(contents)[:2], tf.int64)),
+    ], default=lambda: unknown, exclusive=True)
+
+
+def check_pixels(contents: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """`contents`, after asserting that its header claims at most `max_pixels` pixels.
+
+    Runs before decoding, so a small file claiming 40000x40000 never allocates the image.
+    """
+    hw = header_size(contents)
+    ok = tf.debugging.assert_less_equal(
+        hw[0] * hw[1], tf.constant(max_pixels, tf.int64),
+        message=f"too_large: the header claims more than {max_pixels} pixels")
+    with tf.control_dependencies([ok]):
+        return tf.identity(contents)
+
+
 def decode_rgb(contents: tf.Tensor) -> tf.Tensor:
     """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 [h, w, 3].
 
@@ -59,6 +111,12 @@ def caffe_preprocess(rgb: tf.Tensor) -> tf.Tensor:
     return bgr - tf.constant(CAFFE_BGR_MEAN, dtype=tf.float32)
 
 
-def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True) -> tf.Tensor:
-    """Encoded image bytes -> float32 [224, 224, 3] ready for VGG16."""
+def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
+               max_pixels: int = 0) -> tf.Tensor:
+    """Encoded image bytes -> float32 [224, 224, 3] ready for VGG16.
+
+    With max_pixels > 0, an image whose header claims more pixels is refused before decoding.
+    """
+    if max_pixels > 0:
+        contents = check_pixels(contents, max_pixels)
     return caffe_preprocess(resize(decode_rgb(contents), policy, antialias))

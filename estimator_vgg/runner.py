@@ -1,148 +1,255 @@
-"""The job: list the images, prepare the weights, stream Estimator.predict into the writer.
+"""The job: list the images, prepare the weights, stream Estimator.predict into committed parts.
 
-The only module that wires the stages together (listing -> input_fn -> estimator -> writer).
+The only module that wires the stages together (listing -> input_fn -> estimator -> store).
+Every listed file ends in exactly one of two tables: features (its fc7 row) or errors (why it
+failed). Rows come back from the Estimator in listing order with their paths; a file the
+pipeline dropped is noticed as a gap in that order and classified (probe.py).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import platform
-import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Tuple
 
+import numpy as np
 import tensorflow as tf
 
-from estimator_vgg import __version__, preprocess, weights
+from estimator_vgg import __version__, preprocess, probe, weights
 from estimator_vgg.config import Config
 from estimator_vgg.estimator import build_estimator, tower_devices
 from estimator_vgg.input import input_fn
 from estimator_vgg.listing import list_images
-from estimator_vgg.writer import FEATURES, FeatureWriter
+from estimator_vgg.store import Store, fault
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 PROGRESS_EVERY_S = 10.0
+MIN_FILES_FOR_EARLY_STOP = 100
+PREPROCESS_RECIPE = "decode-rgb, resize, caffe-bgr-mean/v1"
 
 
 class JobError(RuntimeError):
     """The job cannot go on; the message names the file or setting and what to do."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Summary:
-    images: int
-    features: int
+    files: int                     # files in the listing
+    features: int                  # rows in the features table (all runs)
+    errors: Dict[str, int]         # error rows by reason (all runs)
+    new_files: int                 # files this run processed
     seconds: float
     output: Path
+    noop: bool = False
+    first_batch_s: float = 0.0
+    new_features: int = 0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
 
     @property
     def images_per_s(self) -> float:
-        return self.features / self.seconds if self.seconds else 0.0
+        return self.new_features / self.seconds if self.seconds else 0.0
 
 
-def _prepare_output(cfg: Config) -> None:
-    out = cfg.output.dir
-    features = out / FEATURES
-    existing = [p for p in features.iterdir()] if features.is_dir() else []
-    if existing:
-        if not cfg.output.overwrite:
-            raise JobError(f"output.dir {out} already holds features ({len(existing)} files in "
-                           f"{features}); choose another output.dir, or set "
-                           f"output.overwrite=true to replace them")
-        log.info("output.overwrite: removing %s", features)
-        shutil.rmtree(features)
-        (out / MANIFEST).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _find_bad_image(cfg: Config, paths: List[str], start: int) -> Optional[tuple]:
-    """The first path from `start` on that fails to read or decode, with TF's message."""
-    root = str(cfg.input.dir)
-    for rel in paths[start:]:
-        try:
-            contents = tf.io.read_file(os.path.join(root, rel))
-            preprocess.preprocess(contents, cfg.preprocess.resize, cfg.preprocess.antialias)
-        except tf.errors.OpError as e:
-            return rel, e.message
-    return None
+def fingerprint(cfg: Config, prepared: weights.PreparedWeights) -> dict:
+    """What the features depend on; an output made with another fingerprint is not resumed."""
+    return {
+        "model": "vgg16/fc7",
+        "weights_sha256": prepared.sha256,
+        "synthetic_weights": prepared.synthetic,
+        "preprocessing": {"recipe": PREPROCESS_RECIPE, "resize": cfg.preprocess.resize,
+                          "antialias": cfg.preprocess.antialias,
+                          "image_size": preprocess.IMAGE_SIZE,
+                          "mean_bgr": list(preprocess.CAFFE_BGR_MEAN)},
+        "output_format": cfg.output.format,
+    }
 
 
 def _versions() -> dict:
     import numpy
+    import pyarrow
     return {"estimator_vgg": __version__, "tensorflow": tf.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+            "numpy": numpy.__version__, "pyarrow": pyarrow.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+@dataclass
+class _Part:
+    index: int
+    files: List[str]                       # every listed file of the part, in order
+    pos: int = 0                           # files accounted for so far
+    paths: List[str] = field(default_factory=list)
+    fc7: List[np.ndarray] = field(default_factory=list)
+    errors: List[Tuple[str, str, str]] = field(default_factory=list)
+
+
+class _Accountant:
+    """Walks the expected listing as rows arrive; gaps become error rows; full parts commit."""
+
+    def __init__(self, cfg: Config, store: Store, parts: List[_Part], blocked: Dict[str, tuple],
+                 seen_before: int, errors_before: int):
+        self.cfg, self.store, self.parts, self.blocked = cfg, store, parts, blocked
+        self.current = 0
+        self.features = 0
+        self.errors: List[Tuple[str, str, str]] = []
+        self.seen_before, self.errors_before = seen_before, errors_before
+        self.seen = 0
+
+    def _fail(self, part: _Part, rel: str) -> None:
+        if rel in self.blocked:
+            reason, message = self.blocked[rel]
+        else:
+            reason, message = probe.classify(self.cfg.input.dir, rel, self.cfg.input.max_pixels,
+                                             self.cfg.input.follow_external_symlinks)
+        log.warning("%s: %s (%s)", rel, reason, message)
+        part.errors.append((rel, reason, message))
+        self.errors.append((rel, reason, message))
+
+    def _commit_full_parts(self) -> None:
+        while (self.current < len(self.parts)
+               and self.parts[self.current].pos == len(self.parts[self.current].files)):
+            part = self.parts[self.current]
+            fc7 = np.concatenate(part.fc7) if part.fc7 else None
+            self.store.commit(part.index, part.paths, fc7, part.errors)
+            self.seen += len(part.files)
+            part.fc7, part.paths = [], []  # free the rows
+            self.current += 1
+            self.check_error_fraction(final=False)
+
+    def _gap_before(self, rel: str) -> int:
+        """How many expected files precede `rel` (they were dropped by the pipeline)."""
+        gap = 0
+        for part in self.parts[self.current:]:
+            for f in part.files[part.pos if part is self.parts[self.current] else 0:]:
+                if f == rel:
+                    return gap
+                gap += 1
+        raise JobError(f"internal error: a row for {rel!r} arrived that the listing does not "
+                       f"expect at this point; the parts written so far are whole, rerun to "
+                       f"resume")
+
+    def row(self, rel: str, fc7: np.ndarray) -> None:
+        self._commit_full_parts()
+        part = self.parts[self.current]
+        if part.files[part.pos] != rel:
+            for _ in range(self._gap_before(rel)):
+                self._fail(part, part.files[part.pos])
+                part.pos += 1
+                self._commit_full_parts()
+                part = self.parts[self.current]
+        part.paths.append(rel)
+        part.fc7.append(fc7[None, :])
+        part.pos += 1
+        self.features += 1
+
+    def finish(self) -> None:
+        """The stream ended: every file not yet accounted for failed."""
+        self._commit_full_parts()
+        for part in self.parts[self.current:]:
+            while part.pos < len(part.files):
+                self._fail(part, part.files[part.pos])
+                part.pos += 1
+            self._commit_full_parts()
+
+    def check_error_fraction(self, final: bool) -> None:
+        seen = self.seen_before + self.seen
+        errors = self.errors_before + len(self.errors)
+        limit = self.cfg.input.max_error_fraction
+        if seen and (final or seen >= MIN_FILES_FOR_EARLY_STOP) and errors / seen > limit:
+            raise JobError(f"{errors} of {seen} files failed ({errors / seen:.1%}), above "
+                           f"input.max_error_fraction={limit}: "
+                           f"{probe.reason_counts(self.errors)} in this run. The parts done so "
+                           f"far are kept; see {self.cfg.output.dir / 'errors'}, fix the "
+                           f"inputs or raise the limit, and rerun to resume")
 
 
 def run(cfg: Config) -> Summary:
-    """Embed every image under input.dir into <output.dir>/features; return the counts."""
+    """Embed every image under input.dir into <output.dir>; resume what an earlier run began."""
     start = time.time()
-    paths = list_images(cfg.input.dir, cfg.input.extensions)
-    if not paths:
+    listing = list_images(cfg.input.dir, cfg.input.extensions)
+    if not listing:
         raise JobError(f"input.dir {cfg.input.dir} holds no file with an image extension "
                        f"({', '.join(cfg.input.extensions)}); check the folder or "
                        f"input.extensions")
-    log.info("found %d images under %s", len(paths), cfg.input.dir)
-    _prepare_output(cfg)
     prepared = weights.prepare(cfg.model)
-    est = build_estimator(cfg, prepared)
-    log.info("towers: %s, %d images per step", ", ".join(tower_devices(cfg.devices)),
-             cfg.devices.batch_size * cfg.towers)
-    writer = FeatureWriter(cfg.output.dir, cfg.output.format, cfg.output.rows_per_part)
-    done = 0
-    first_batch_s = None
-    last_report = time.time()
-    predictions = est.predict(input_fn(cfg, paths), yield_single_examples=False,
-                              checkpoint_path=prepared.checkpoint)
-    try:
+    store = Store(cfg.output.dir, cfg.output.format)
+    store.open(fingerprint(cfg, prepared), cfg.to_dict(), cfg.output.overwrite)
+    done = store.done_paths()
+    todo = [p for p in listing if p not in done]
+    feats_before = sum(p["features"] for p in store.parts)
+    errs_before = sum(p["errors"] for p in store.parts)
+    log.info("found %d images under %s: %d already done, %d to do", len(listing),
+             cfg.input.dir, len(listing) - len(todo), len(todo))
+    run_record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
+                  "versions": _versions(), "devices": tower_devices(cfg.devices)}
+    if not todo:
+        store.finish(dict(run_record, new_files=0, seconds=round(time.time() - start, 3)),
+                     complete=True)
+        return Summary(len(listing), feats_before, _error_counts(store), 0,
+                       time.time() - start, cfg.output.dir, noop=True)
+
+    # Symlinks out of input.dir are never opened (unless allowed): they go straight to errors.
+    blocked = {}
+    if not cfg.input.follow_external_symlinks:
+        for rel in todo:
+            if probe.outside_root(cfg.input.dir, rel):
+                blocked[rel] = probe.classify(cfg.input.dir, rel, cfg.input.max_pixels, False)
+    size = cfg.output.rows_per_part
+    first = store.next_index()
+    parts = [_Part(first + k, todo[i:i + size]) for k, i in enumerate(range(0, len(todo), size))]
+    feed = [[f for f in p.files if f not in blocked] for p in parts]
+    accountant = _Accountant(cfg, store, parts, blocked, feats_before + errs_before, errs_before)
+
+    first_batch_s = 0.0
+    flat = [f for files in feed for f in files]
+    if flat:
+        est = build_estimator(cfg, prepared)
+        log.info("towers: %s, %d images per step, %d parts of up to %d images",
+                 ", ".join(tower_devices(cfg.devices)), cfg.devices.batch_size * cfg.towers,
+                 len(parts), size)
+        predictions = est.predict(
+            input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
+            yield_single_examples=False, checkpoint_path=prepared.checkpoint)
+        last_report = time.time()
         for batch in predictions:
-            got = [p.decode("utf-8", "surrogateescape") for p in batch["path"]]
-            expected = paths[done:done + len(got)]
-            if got != expected:  # would mean rows mixed up: never write them
-                raise JobError(f"internal error: predictions for rows {done}.. came back as "
-                               f"{got[:3]}..., expected {expected[:3]}...")
-            writer.write(got, batch["fc7"])
-            done += len(got)
+            fault("batch")
+            if not first_batch_s:
+                first_batch_s = time.time() - start
+            for key, row in zip(batch["path"], batch["fc7"]):
+                accountant.row(key.decode("utf-8", "surrogateescape"), row)
             now = time.time()
-            if first_batch_s is None:
-                first_batch_s = now - start
             if now - last_report >= PROGRESS_EVERY_S:
-                log.info("embedded %d/%d images (%.1f images/s)", done, len(paths),
-                         done / (now - start))
+                done_now = accountant.features + len(accountant.errors)
+                log.info("%d/%d images (%d errors), %.1f images/s", done_now, len(todo),
+                         len(accountant.errors), accountant.features / (now - start))
                 last_report = now
-    except tf.errors.OpError as e:
-        bad = _find_bad_image(cfg, paths, done)
-        if bad is None:
-            raise
-        raise JobError(f"{cfg.input.dir / bad[0]}: cannot be read as an image ({bad[1]}). "
-                       f"Remove or repair the file, or leave it out of input.dir; "
-                       f"{done} images were embedded before it") from None
-    writer.close()
-    if done != len(paths):
-        raise JobError(f"internal error: {done} feature rows for {len(paths)} images")
+    accountant.finish()
+    accountant.check_error_fraction(final=True)
     seconds = time.time() - start
-    manifest = {
-        "config": cfg.to_dict(),
-        "config_file": str(cfg.source) if cfg.source else None,
-        "weights": {"source": prepared.source, "sha256": prepared.sha256,
-                    "synthetic": prepared.synthetic},
-        "preprocessing": {"resize": cfg.preprocess.resize,
-                          "antialias": cfg.preprocess.antialias,
-                          "image_size": preprocess.IMAGE_SIZE, "channels": "BGR",
-                          "mean_bgr": list(preprocess.CAFFE_BGR_MEAN), "scale": 1.0},
-        "counts": {"images": len(paths), "features": done, "parts": writer.parts},
-        "timings": {"total_s": round(seconds, 3),
-                    "first_batch_s": round(first_batch_s or 0.0, 3)},
-        "versions": _versions(),
-        "command": sys.argv,
-    }
-    tmp = cfg.output.dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, cfg.output.dir / MANIFEST)
-    return Summary(len(paths), done, seconds, cfg.output.dir)
+    counts = _error_counts(store)
+    store.finish(dict(run_record, new_files=len(todo), new_features=accountant.features,
+                      new_errors=probe.reason_counts(accountant.errors),
+                      seconds=round(seconds, 3), first_batch_s=round(first_batch_s, 3),
+                      images_per_s=round(accountant.features / seconds, 3)), complete=True)
+    return Summary(len(listing), feats_before + accountant.features, counts, len(todo), seconds,
+                   cfg.output.dir, first_batch_s=first_batch_s,
+                   new_features=accountant.features)
+
+
+def _error_counts(store: Store) -> Dict[str, int]:
+    """Errors by reason over every committed part."""
+    import pyarrow.parquet as pq
+
+    d = store.dir / "errors"
+    reasons: List[str] = []
+    for p in store.parts:
+        if p["errors"]:
+            t = pq.read_table(d / f"part-{p['index']:05d}.parquet", columns=["reason"])
+            reasons += t.column("reason").to_pylist()
+    return {r: reasons.count(r) for r in sorted(set(reasons))}

@@ -1,115 +1,136 @@
-"""The output sink: fc7 rows streamed into part files under `<output.dir>/features/`.
+"""Part files: fc7 rows under `<output.dir>/features/`, failed files under `<output.dir>/errors/`.
 
-Rows are buffered up to `rows_per_part`, then written to a temporary name and renamed, so a
-part file on disk is always whole. Formats:
+Every file is written to a temporary name, flushed and renamed, so a part file on disk is
+always whole. Part names are fixed (`part-00000`), never derived from input paths, so no input
+can make the job write outside `output.dir`. Formats of a features part:
   parquet  part-00000.parquet        columns path (string), fc7 (4096 float32)
   npy      part-00000.npy            float32 [rows, 4096]
            part-00000.paths.jsonl    one JSON string per line, row-aligned with the matrix
   csv      part-00000.csv            wide: path, vgg0 .. vgg4095 (float32 round-trip precision)
+An errors part is always Parquet: columns path, reason, message.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
 FEATURES = "features"
+ERRORS = "errors"
 FC7_DIM = 4096
+SUFFIXES = {"parquet": (".parquet",), "npy": (".paths.jsonl", ".npy"), "csv": (".csv",)}
 
 
-def _part_name(index: int) -> str:
+def part_name(index: int) -> str:
     return f"part-{index:05d}"
 
 
-class FeatureWriter:
-    """Collects (path, fc7) rows and commits them in whole part files."""
+def commit_file(final: Path, write: Callable, before_rename: Callable = lambda: None) -> None:
+    """write(f) into `final`.tmp, flush to disk, then rename over `final` (atomic)."""
+    tmp = final.with_name(final.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    before_rename()
+    os.replace(tmp, final)
 
-    def __init__(self, out_dir: Path, fmt: str, rows_per_part: int):
-        self.dir = Path(out_dir) / FEATURES
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.fmt = fmt
-        self.rows_per_part = rows_per_part
-        self.parts = 0
-        self.rows = 0
-        self._paths: List[str] = []
-        self._fc7: List[np.ndarray] = []
-        self._buffered = 0
 
-    def write(self, paths: Sequence[str], fc7: np.ndarray) -> None:
-        fc7 = np.asarray(fc7, dtype=np.float32)
-        if fc7.ndim != 2 or fc7.shape[1] != FC7_DIM or fc7.shape[0] != len(paths):
-            raise ValueError(f"writer got {len(paths)} paths and fc7 of shape {fc7.shape}")
-        start = 0
-        while start < len(paths):
-            take = min(self.rows_per_part - self._buffered, len(paths) - start)
-            self._paths.extend(paths[start:start + take])
-            self._fc7.append(fc7[start:start + take])
-            self._buffered += take
-            start += take
-            if self._buffered == self.rows_per_part:
-                self._flush()
-
-    def close(self) -> int:
-        if self._buffered:
-            self._flush()
-        return self.rows
-
-    def _flush(self) -> None:
-        name = _part_name(self.parts)
-        matrix = np.concatenate(self._fc7, axis=0)
-        getattr(self, f"_write_{self.fmt}")(name, self._paths, matrix)
-        self.parts += 1
-        self.rows += len(self._paths)
-        self._paths, self._fc7, self._buffered = [], [], 0
-
-    def _commit(self, final: Path, write) -> None:
-        tmp = final.with_name(final.name + ".tmp")
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-
-    def _write_parquet(self, name: str, paths: List[str], matrix: np.ndarray) -> None:
+def write_features(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
+                   matrix: np.ndarray, before_rename: Callable = lambda: None) -> List[Path]:
+    """Write one features part; return its files (the last one written is the part's marker)."""
+    d = Path(out_dir) / FEATURES
+    d.mkdir(parents=True, exist_ok=True)
+    name = part_name(index)
+    matrix = np.asarray(matrix, np.float32).reshape(len(paths), FC7_DIM)
+    if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.table({
-            "path": pa.array(paths, pa.string()),
+            "path": pa.array(list(paths), pa.string()),
             "fc7": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), FC7_DIM),
         })
-        self._commit(self.dir / f"{name}.parquet", lambda f: pq.write_table(table, f))
-
-    def _write_npy(self, name: str, paths: List[str], matrix: np.ndarray) -> None:
-        # The path index first: a part counts as written once its .npy exists.
-        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in paths)
-        self._commit(self.dir / f"{name}.paths.jsonl", lambda f: f.write(lines.encode("utf-8")))
-        self._commit(self.dir / f"{name}.npy", lambda f: np.save(f, matrix))
-
-    def _write_csv(self, name: str, paths: List[str], matrix: np.ndarray) -> None:
-        def write(f):
-            import io
+        files = [(d / f"{name}.parquet", lambda f: pq.write_table(table, f))]
+    elif fmt == "npy":
+        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in paths).encode()
+        files = [(d / f"{name}.paths.jsonl", lambda f: f.write(lines)),
+                 (d / f"{name}.npy", lambda f: np.save(f, matrix))]
+    elif fmt == "csv":
+        def write_csv(f):
             text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-            w = csv.writer(text, quoting=csv.QUOTE_MINIMAL)
+            w = csv.writer(text)
             w.writerow(["path"] + [f"vgg{i}" for i in range(FC7_DIM)])
             for p, row in zip(paths, matrix):
-                # '%.9g' round-trips every float32 exactly.
-                w.writerow([p] + ["%.9g" % v for v in row.tolist()])
+                w.writerow([p] + ["%.9g" % v for v in row.tolist()])  # %.9g: exact float32
             text.flush()
             text.detach()
-        self._commit(self.dir / f"{name}.csv", write)
+        files = [(d / f"{name}.csv", write_csv)]
+    else:
+        raise ValueError(f"unknown output format {fmt!r}")
+    for final, write in files:
+        commit_file(final, write, before_rename)
+    return [f for f, _ in files]
+
+
+def write_errors(out_dir: Path, index: int, rows: Sequence[Tuple[str, str, str]]) -> Path:
+    """Write one errors part (possibly empty, so `read_parquet(<dir>/errors)` always works)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = Path(out_dir) / ERRORS
+    d.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"path": pa.array([r[0] for r in rows], pa.string()),
+                      "reason": pa.array([r[1] for r in rows], pa.string()),
+                      "message": pa.array([r[2] for r in rows], pa.string())})
+    final = d / f"{part_name(index)}.parquet"
+    commit_file(final, lambda f: pq.write_table(table, f))
+    return final
+
+
+def part_files(out_dir: Path, index: int) -> List[Path]:
+    """Every file a part may have left, whole or temporary, in any format."""
+    name = part_name(index)
+    out = []
+    for sub in (FEATURES, ERRORS):
+        d = Path(out_dir) / sub
+        if d.is_dir():
+            out += [p for p in d.iterdir() if p.name.startswith(name + ".")]
+    return out
+
+
+def read_part_paths(out_dir: Path, fmt: str, index: int) -> List[str]:
+    """The paths of one committed part: its feature rows, then its error rows."""
+    import pyarrow.parquet as pq
+
+    d = Path(out_dir)
+    name = part_name(index)
+    if fmt == "parquet":
+        paths = pq.read_table(d / FEATURES / f"{name}.parquet", columns=["path"])
+        paths = paths.column("path").to_pylist()
+    elif fmt == "npy":
+        text = (d / FEATURES / f"{name}.paths.jsonl").read_text(encoding="utf-8")
+        paths = [json.loads(line) for line in text.splitlines()]
+    else:
+        with open(d / FEATURES / f"{name}.csv", encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            next(reader)
+            paths = [row[0] for row in reader]
+    errors = pq.read_table(d / ERRORS / f"{name}.parquet", columns=["path"])
+    return paths + errors.column("path").to_pylist()
 
 
 def iter_parts(out_dir: Path) -> Iterator[Tuple[List[str], np.ndarray]]:
-    """(paths, fc7 float32 [n, 4096]) per part, in row order, for any output format."""
+    """(paths, fc7 float32 [n, 4096]) per features part, in row order, for any output format."""
     d = Path(out_dir) / FEATURES
-    parquet = sorted(d.glob("part-*.parquet"))
+    parquet = sorted(d.glob("part-*[0-9].parquet"))
     npy = sorted(d.glob("part-*[0-9].npy"))
-    csvs = sorted(d.glob("part-*.csv"))
+    csvs = sorted(d.glob("part-*[0-9].csv"))
     if sum(map(bool, (parquet, npy, csvs))) > 1:
         raise ValueError(f"{d} mixes output formats; expected one of parquet, npy, csv")
     for f in parquet:
@@ -128,7 +149,7 @@ def iter_parts(out_dir: Path) -> Iterator[Tuple[List[str], np.ndarray]]:
 
 
 def read_features(out_dir: Path) -> Tuple[List[str], np.ndarray]:
-    """All rows of a finished output: (paths, fc7 float32 [n, 4096])."""
+    """All rows of an output: (paths, fc7 float32 [n, 4096])."""
     paths: List[str] = []
     mats = []
     for p, m in iter_parts(out_dir):

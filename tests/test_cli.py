@@ -20,23 +20,25 @@ def test_config_error_exits_2_naming_the_key(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_an_undecodable_image_stops_the_job_naming_the_file(tmp_path):
+def test_an_undecodable_image_is_reported_and_the_exit_code_says_so(tmp_path):
     shutil.copytree(DEMO, tmp_path / "imgs")
     (tmp_path / "imgs" / "space" / "broken.jpg").write_bytes(b"this is not a jpeg")
-    r = _job(tmp_path)
-    assert r.returncode == 1, r.stderr[-2000:]
-    assert f"{tmp_path / 'imgs' / 'space' / 'broken.jpg'}: cannot be read as an image" in r.stderr
+    r = _job(tmp_path, "input.max_error_fraction=0.5")
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "space/broken.jpg: not_an_image" in r.stderr
+    assert "errors     1" in r.stdout and "not_an_image" in r.stdout
+    assert f"pandas.read_parquet('{tmp_path / 'out' / 'errors'}')" in r.stdout
     assert "Traceback" not in r.stderr
 
 
-def test_existing_features_are_not_overwritten_without_the_flag(tmp_path):
+def test_features_not_written_by_the_job_are_not_touched(tmp_path):
     (tmp_path / "imgs").mkdir()
     shutil.copy(DEMO / "coffee_small.jpg", tmp_path / "imgs")
-    assert _job(tmp_path).returncode == 0
+    (tmp_path / "out" / "features").mkdir(parents=True)
+    (tmp_path / "out" / "features" / "mine.parquet").write_bytes(b"precious")
     r = _job(tmp_path)
-    assert r.returncode == 1 and "already holds features" in r.stderr
-    assert "output.overwrite=true" in r.stderr
-    assert _job(tmp_path, "output.overwrite=true").returncode == 0
+    assert r.returncode == 1 and "has features/ or errors/ but no manifest.json" in r.stderr
+    assert (tmp_path / "out" / "features" / "mine.parquet").read_bytes() == b"precious"
 
 
 def test_a_missing_gpu_stops_the_job_before_any_work(tmp_path):

@@ -38,8 +38,9 @@ def test_demo_run_says_its_weights_are_synthetic(demo_run):
     out, r = demo_run
     assert "NOT ImageNet fc7" in r.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["weights"]["synthetic"] is True
-    assert manifest["counts"] == {"images": 7, "features": 7, "parts": 1}
+    assert manifest["totals"] == {"files": 7, "features": 7, "errors": 0, "parts": 1}
+    assert manifest["fingerprint"]["synthetic_weights"] is True
+    assert pd.read_parquet(out / "errors").empty  # the errors table exists, and is empty
 
 
 def test_every_demo_image_is_one_row_with_its_path_as_on_disk(demo_run):
@@ -63,7 +64,9 @@ def test_npy_and_csv_outputs_hold_the_same_rows_as_parquet(fmt, demo_run, tmp_pa
     paths, fc7 = read_features(out)
     ref_paths, ref = read_features(parquet_out)
     assert paths == ref_paths
-    np.testing.assert_array_equal(fc7, ref)  # same machine, same towers: bitwise
+    # Parts of 3 are batched on their own, so batches differ from the one-part run: equal up
+    # to float rounding, not bitwise.
+    assert rel_diff(fc7, ref).max() <= 1e-5
     if fmt == "csv":
         first = pd.read_csv(out / "features" / "part-00000.csv")
         assert list(first.columns[:3]) == ["path", "vgg0", "vgg1"]

@@ -45,9 +45,8 @@ def main() -> None:
         "made_on": datetime.date.today().isoformat(),
         "config": {k: v for k, v in run_manifest["config"].items()
                    if k in ("preprocess", "model", "devices")},
-        "weights": run_manifest["weights"],
-        "preprocessing": run_manifest["preprocessing"],
-        "versions": run_manifest["versions"],
+        "fingerprint": run_manifest["fingerprint"],
+        "versions": run_manifest["runs"][-1]["versions"],
         "rows": len(paths),
         "tolerance": {"per_row_relative_l2": TOLERANCE},
         "tolerance_why": "same machine: bitwise equal; other CPUs and tower counts: ~1e-6; "

@@ -1,0 +1,93 @@
+"""Why an image failed: a short machine-readable reason and the decoder's own words.
+
+Runs only for the files the pipeline dropped (and for symlinks that must not be opened), so
+the good path never pays for it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Tuple
+
+# Formats Pillow reads but TensorFlow's decoders do not: reported, not decoded.
+_UNSUPPORTED = [
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"), (b"\x00\x00\x00\x0cjP", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"8BPS", "Photoshop"), (b"\x00\x00\x01\x00", "ICO"),
+]
+_SUPPORTED = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM")
+
+REASONS = ("dangling_symlink", "symlink_outside_root", "missing", "permission_denied",
+           "not_a_file", "read_error", "empty_file", "unsupported_format", "not_an_image",
+           "too_large", "decode_error")
+
+
+def outside_root(root: Path, rel: str) -> bool:
+    """Whether `rel` is a symlink (or under one) whose target lies outside `root`."""
+    target = os.path.realpath(os.path.join(root, rel))
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([target, real_root]) != real_root
+
+
+def _clean(message: str) -> str:
+    """TensorFlow's message without its `{{function_node ...}}` prefix and op suffix."""
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+    message = re.sub(r"\s*\[\[\{\{node [^\]]*\]\]", "", message)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", message, flags=re.S).strip()
+
+
+def classify(root: Path, rel: str, max_pixels: int,
+             follow_external_symlinks: bool = False) -> Tuple[str, str]:
+    """(reason, message) for a file the pipeline could not turn into an image."""
+    path = os.path.join(root, rel)
+    if os.path.islink(path) and not os.path.exists(path):
+        return "dangling_symlink", f"symlink to {os.readlink(path)}, which does not exist"
+    if not follow_external_symlinks and outside_root(Path(root), rel):
+        return ("symlink_outside_root", f"links to {os.path.realpath(path)}, outside input.dir; "
+                "set input.follow_external_symlinks: true to read it")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except FileNotFoundError as e:
+        return "missing", f"{e.strerror} (removed during the run?)"
+    except PermissionError as e:
+        return "permission_denied", e.strerror
+    except IsADirectoryError:
+        return "not_a_file", "a folder named like an image"
+    except OSError as e:
+        return "read_error", e.strerror or str(e)
+    if not head:
+        return "empty_file", "the file has 0 bytes"
+    for magic, name in _UNSUPPORTED:
+        if head.startswith(magic) and (name != "WebP" or head[8:12] == b"WEBP"):
+            return ("unsupported_format", f"{name}: TensorFlow decodes JPEG, PNG, GIF and BMP "
+                    "only; convert the file")
+    if not head.startswith(_SUPPORTED):
+        return "not_an_image", f"not a JPEG, PNG, GIF or BMP file (starts with {head[:8]!r})"
+    return _decode_failure(path, max_pixels)
+
+
+def _decode_failure(path: str, max_pixels: int) -> Tuple[str, str]:
+    import tensorflow as tf
+
+    from estimator_vgg.preprocess import decode_rgb, header_size
+
+    # A graph of its own: this runs inside Estimator.predict, whose graph is finalized.
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        contents = tf.io.read_file(path)
+        try:
+            h, w = (int(v) for v in sess.run(header_size(contents)))
+            if h * w > max_pixels:
+                return ("too_large", f"the header claims {w}x{h} = {h * w} pixels, above "
+                        f"input.max_pixels={max_pixels}")
+            sess.run(decode_rgb(contents))
+        except tf.errors.OpError as e:
+            return "decode_error", _clean(e.message)
+    return "read_error", "failed during the run but reads now (was it being written?)"
+
+
+def reason_counts(errors) -> dict:
+    out: dict = {}
+    for _, reason, _ in errors:
+        out[reason] = out.get(reason, 0) + 1
+    return dict(sorted(out.items()))

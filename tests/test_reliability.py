@@ -1,0 +1,255 @@
+"""Nothing lost, nothing duplicated: bad files become error rows, a killed job resumes to the
+exact output of an uninterrupted one, reruns do only what is new, mismatched reruns are refused."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import DEMO, ROOT, run_py
+
+BAD = ROOT / "tests" / "fixtures" / "bad"
+# What the job must do with each fixture: None means a feature row.
+EXPECTED = {
+    "good.jpg": None, "good.png": None, "cmyk.jpg": None, "gray16.png": None,
+    "png_named.gif": None,
+    "photo_tiff.tiff": "unsupported_format", "photo_webp.webp": "unsupported_format",
+    "truncated.jpg": "decode_error", "empty.jpg": "empty_file",
+    "not_an_image.jpg": "not_an_image", "huge_header.png": "too_large",
+    "links/dangling.jpg": "dangling_symlink", "links/outside.jpg": "symlink_outside_root",
+}
+
+
+def job_config(tmp_path, images, out):
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"input:\n  dir: {images}\n  max_error_fraction: 1.0\noutput:\n  dir: {out}\n"
+                   f"model:\n  weights: synthetic\n  cache_dir: {ROOT / '.cache'}\n"
+                   f"devices:\n  cpus: 2\n  batch_size: 1\n")
+    return cfg
+
+
+def job(tmp_path, images, out, *overrides, fault=None, env=None):
+    cfg = job_config(tmp_path, images, out)
+    extra = dict(env or {})
+    if fault:
+        extra["ESTIMATOR_VGG_FAULT"] = fault
+    return run_py("-m", "estimator_vgg", cfg, *overrides, cwd=tmp_path, env=extra)
+
+
+@pytest.fixture()
+def bad_folder(tmp_path):
+    d = tmp_path / "imgs"
+    shutil.copytree(BAD, d)
+    (d / "links").mkdir()
+    os.symlink(tmp_path / "nowhere.jpg", d / "links" / "dangling.jpg")
+    shutil.copy(BAD / "good.jpg", tmp_path / "secret.jpg")
+    os.symlink(tmp_path / "secret.jpg", d / "links" / "outside.jpg")
+    os.symlink(d / "good.jpg", d / "links" / "inside.jpg")  # inside the root: followed
+    return d
+
+
+def tables(out):
+    return pd.read_parquet(out / "features"), pd.read_parquet(out / "errors")
+
+
+def test_every_bad_file_is_one_error_row_and_the_job_goes_on(bad_folder, tmp_path):
+    out = tmp_path / "out"
+    r = job(tmp_path, bad_folder, out)
+    assert r.returncode == 3, r.stderr[-3000:]  # 3: done, but some files failed
+    feats, errors = tables(out)
+    assert list(errors.columns) == ["path", "reason", "message"]
+    got = dict(zip(errors["path"], errors["reason"]))
+    expected_errors = {k: v for k, v in EXPECTED.items() if v}
+    assert got == expected_errors
+    assert sorted(feats["path"]) == sorted([k for k, v in EXPECTED.items() if not v]
+                                           + ["links/inside.jpg"])
+    assert not set(feats["path"]) & set(errors["path"])  # exactly one table each
+    assert errors["message"].str.len().min() > 5
+    msg = dict(zip(errors["path"], errors["message"]))
+    assert "40000x40000" in msg["huge_header.png"] and "JPEG" in msg["truncated.jpg"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"] == {"files": 14, "features": 6, "errors": 8, "parts": 1}
+    assert manifest["runs"][-1]["new_errors"]["unsupported_format"] == 2
+    assert "errors     8" in r.stdout and "unsupported_format     2" in r.stdout
+
+
+def test_good_rows_are_unaffected_by_bad_neighbours(bad_folder, tmp_path):
+    out_bad, out_good = tmp_path / "with_bad", tmp_path / "good_only"
+    good = tmp_path / "good"
+    good.mkdir()
+    for name in ("good.jpg", "good.png", "cmyk.jpg"):
+        shutil.copy(bad_folder / name, good / name)
+    assert job(tmp_path, bad_folder, out_bad).returncode == 3
+    assert job(tmp_path, good, out_good).returncode == 0
+    a = pd.read_parquet(out_bad / "features").set_index("path")
+    b = pd.read_parquet(out_good / "features").set_index("path")
+    for name in b.index:
+        np.testing.assert_array_equal(a.loc[name, "fc7"], b.loc[name, "fc7"])
+
+
+def test_too_many_failures_stop_the_job_loudly(bad_folder, tmp_path):
+    r = job(tmp_path, bad_folder, tmp_path / "out", "input.max_error_fraction=0.1")
+    assert r.returncode == 1
+    assert "8 of 14 files failed (57.1%), above input.max_error_fraction=0.1" in r.stderr
+
+
+def test_the_pixel_limit_is_configurable(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(DEMO / "coffee_small.jpg", imgs)   # 200 x 133
+    shutil.copy(DEMO / "camera_gray.png", imgs)    # 512 x 512
+    r = job(tmp_path, imgs, tmp_path / "out", "input.max_pixels=100000")
+    assert r.returncode == 3
+    _, errors = tables(tmp_path / "out")
+    assert errors["path"].tolist() == ["camera_gray.png"]
+    assert errors["reason"].tolist() == ["too_large"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_file_is_an_error_row(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(BAD / "good.jpg", imgs / "a.jpg")
+    shutil.copy(BAD / "good.jpg", imgs / "b.jpg")
+    os.chmod(imgs / "b.jpg", 0)
+    assert job(tmp_path, imgs, tmp_path / "out").returncode == 3
+    _, errors = tables(tmp_path / "out")
+    assert errors["reason"].tolist() == ["permission_denied"]
+
+
+def test_classifies_permission_denied(monkeypatch, tmp_path):
+    import builtins
+
+    from estimator_vgg.probe import classify
+
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8")
+    real_open = builtins.open
+
+    def deny(path, *a, **k):
+        if str(path).endswith("x.jpg"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", deny)
+    assert classify(tmp_path, "x.jpg", 10 ** 8) == ("permission_denied", "Permission denied")
+
+
+# ---- crashes and reruns -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def crash_inputs(tmp_path_factory):
+    """7 demo images and 2 bad files in 5 parts of 2 (rows_per_part=2)."""
+    d = tmp_path_factory.mktemp("crash") / "imgs"
+    shutil.copytree(DEMO, d, ignore=shutil.ignore_patterns("*.md"))
+    shutil.copy(BAD / "truncated.jpg", d / "space" / "broken.jpg")
+    shutil.copy(BAD / "not_an_image.jpg", d / "zzz_last.jpg")
+    return d
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(crash_inputs, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    out = tmp / "out"
+    r = job(tmp, crash_inputs, out, "output.rows_per_part=2")
+    assert r.returncode == 3, r.stderr[-3000:]
+    return tables(out)
+
+
+def _same_output(out, uninterrupted):
+    feats, errors = tables(out)
+    ref_feats, ref_errors = uninterrupted
+    assert feats["path"].tolist() == ref_feats["path"].tolist()
+    np.testing.assert_array_equal(np.stack(feats["fc7"]), np.stack(ref_feats["fc7"]))
+    pd.testing.assert_frame_equal(errors, ref_errors)
+    assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))
+
+
+@pytest.mark.parametrize("fault", [
+    "batch:3",          # mid-part: rows computed, not yet written
+    "features_tmp:2",   # mid-write: a part's features file half-committed
+    "part_files:2",     # a part's files renamed, the manifest not yet updated
+    "manifest:3",       # between parts
+])
+def test_a_killed_job_resumes_to_the_uninterrupted_output(fault, crash_inputs, uninterrupted,
+                                                         tmp_path):
+    out = tmp_path / "out"
+    killed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2", fault=fault)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2")
+    assert resumed.returncode == 3, resumed.stderr[-3000:]
+    _same_output(out, uninterrupted)
+
+
+def test_a_job_killed_from_outside_resumes_to_the_uninterrupted_output(crash_inputs,
+                                                                       uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    cfg = job_config(tmp_path, crash_inputs, out)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "estimator_vgg", str(cfg),
+                             "output.rows_per_part=2"],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # kill once two parts are committed
+            m = out / "manifest.json"
+            if m.exists() and len(json.loads(m.read_text()).get("parts", [])) >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert len(json.loads((out / "manifest.json").read_text())["parts"]) < 5
+    resumed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2")
+    assert resumed.returncode == 3, resumed.stderr[-3000:]
+    _same_output(out, uninterrupted)
+
+
+def test_rerunning_a_finished_job_is_a_fast_no_op(crash_inputs, tmp_path):
+    out = tmp_path / "out"
+    assert job(tmp_path, crash_inputs, out).returncode == 3
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (out / "features").iterdir())
+    r = job(tmp_path, crash_inputs, out)
+    assert r.returncode == 3  # still says that some files failed
+    assert "nothing to do: all 9 files are already done (7 features, 2 errors)" in r.stdout
+    assert "towers:" not in r.stderr  # no Estimator was built
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (out / "features").iterdir()) == before
+
+
+def test_new_files_are_the_only_ones_processed_on_rerun(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(DEMO / "coffee_small.jpg", imgs / "b.jpg")
+    out = tmp_path / "out"
+    assert job(tmp_path, imgs, out).returncode == 0
+    shutil.copy(DEMO / "chelsea_cat.JPG", imgs / "a.jpg")
+    shutil.copy(DEMO / "chelsea_cat.JPG", imgs / "c.jpg")
+    r = job(tmp_path, imgs, out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 images under" in r.stderr and "1 already done, 2 to do" in r.stderr
+    feats = pd.read_parquet(out / "features")
+    assert feats["path"].tolist() == ["b.jpg", "a.jpg", "c.jpg"]  # new files in a new part
+    assert json.loads((out / "manifest.json").read_text())["runs"][-1]["new_files"] == 2
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(DEMO / "coffee_small.jpg", imgs)
+    out = tmp_path / "out"
+    assert job(tmp_path, imgs, out).returncode == 0
+    r = job(tmp_path, imgs, out, "preprocess.resize=squash", "model.seed=1")
+    assert r.returncode == 1
+    assert "preprocessing.resize: 'center_crop' in the output, 'squash' now" in r.stderr
+    assert "weights_sha256" in r.stderr and "--overwrite" in r.stderr
+    r = job(tmp_path, imgs, out, "preprocess.resize=squash", "--overwrite")
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fingerprint"]["preprocessing"]["resize"] == "squash"
+    assert len(manifest["runs"]) == 1
