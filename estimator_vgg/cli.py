@@ -1,4 +1,9 @@
-"""The command line: `estimator-vgg CONFIG.yaml [section.key=value ...]` (run.sh calls it)."""
+"""The command line (run.sh and the `estimator-vgg` console script call it).
+
+    estimator-vgg CONFIG.yaml [section.key=value ...] [--dry-run] [--overwrite] [-v]
+    estimator-vgg neighbors OUTPUT_DIR QUERY [-k 10] [--html PAGE.html]
+    estimator-vgg neighbors OUTPUT_DIR --duplicates 0.95 [--html PAGE.html]
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,20 +12,42 @@ import os
 import sys
 from typing import List, Optional
 
-USAGE_EPILOG = """\
+RUN_EPILOG = """\
+commands:
+  estimator-vgg CONFIG.yaml ...        embed every image under input.dir (this command)
+  estimator-vgg neighbors OUTPUT ...   similar images and near-duplicates in an output
+                                       (estimator-vgg neighbors --help)
+
 examples:
   estimator-vgg configs/demo.yaml
+  estimator-vgg configs/prod.yaml --dry-run
   estimator-vgg configs/prod.yaml devices.gpus=[0,1] devices.batch_size=32
   estimator-vgg configs/prod.yaml output.dir=/data/fc7 output.format=npy
 
 most used keys (all of them: README, "Config reference"):
   input.dir            folder of images, scanned recursively
-  output.dir           where features/ and manifest.json are written
+  output.dir           where features/, errors/ and manifest.json are written
   output.format        parquet (default), npy or csv
   model.weights        imagenet, a Keras .h5, a tensorflow-vgg .npy, or synthetic
   devices.gpus         GPU ids, one tower each, e.g. [0,1,2,3]
   devices.cpus         number of CPU towers when there is no GPU
   devices.batch_size   images per tower per step
+  input.max_error_fraction   failed files tolerated before the job stops (default 0.05)
+
+exit codes: 0 every file embedded; 3 done, some files in the errors table;
+            1 the job failed; 2 the config is wrong.
+A killed job resumes when the same command is run again.
+"""
+
+NEIGHBORS_EPILOG = """\
+examples:
+  estimator-vgg neighbors out/demo demo_images/chelsea_cat.JPG -k 5
+  estimator-vgg neighbors out/demo chelsea_cat.JPG --html similar.html
+  estimator-vgg neighbors out/demo --duplicates 0.95 --html duplicates.html
+
+A QUERY that is a `path` of the output uses its stored row; an image file is embedded on the
+fly with the weights and preprocessing the output was made with. Scores are cosine
+similarities of fc7, computed exactly, one part of the output at a time.
 """
 
 
@@ -33,20 +60,36 @@ def _setup_logging(verbose: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def _quiet_tensorflow(verbose: bool) -> None:
+    if not verbose:
+        import tensorflow as tf
+        tf.get_logger().setLevel(logging.ERROR)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "neighbors":
+        return neighbors_main(argv[1:])
+    return run_main(argv)
+
+
+def run_main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="estimator-vgg", description="Extract VGG16 fc7 features (4096 floats per image) "
         "for every image under input.dir, over every configured device.",
-        epilog=USAGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="the job's YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override a config value (read as YAML); beats the file")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list what would be done (files by extension, done, to do, "
+                             "devices, weights) without loading TensorFlow or the model")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete features, errors and manifest already in output.dir and "
                              "start afresh (same as output.overwrite=true)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show TensorFlow's own log lines and full tracebacks")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may stand between the overrides
     _setup_logging(args.verbose)
     log = logging.getLogger("estimator_vgg")
 
@@ -57,17 +100,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         print(f"estimator-vgg: config error: {e}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        from estimator_vgg.plan import dry_run
+        print(dry_run(cfg))
+        return 0
 
-    import tensorflow as tf
-    if not args.verbose:
-        tf.get_logger().setLevel(logging.ERROR)
+    _quiet_tensorflow(args.verbose)
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from estimator_vgg.estimator import DeviceError
+    from estimator_vgg.progress import for_stream
     from estimator_vgg.runner import JobError, run
     from estimator_vgg.store import OutputError
     from estimator_vgg.weights import WeightsError
     try:
-        summary = run(cfg)
+        with logging_redirect_tqdm():
+            summary = run(cfg, progress=for_stream(sys.stderr))
     except (JobError, DeviceError, WeightsError, OutputError) as e:
         if args.verbose:
             log.exception("failed")
@@ -75,6 +123,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     print(summary_text(summary, cfg.output.format))
     if summary.error_count / summary.files > cfg.input.max_error_fraction:
+        print(f"estimator-vgg: more than input.max_error_fraction="
+              f"{cfg.input.max_error_fraction} of the files failed", file=sys.stderr)
         return 1
     return 3 if summary.error_count else 0
 
@@ -84,11 +134,77 @@ def summary_text(s, fmt: str) -> str:
         head = (f"estimator-vgg: nothing to do: all {s.files} files are already done "
                 f"({s.features} features, {s.error_count} errors) in {s.output}")
     else:
-        head = (f"estimator-vgg: {s.new_files} new files in {s.seconds:.1f} s "
-                f"({s.images_per_s:.2f} images/s); output {s.output} ({fmt})")
-    lines = [head, f"  files      {s.files}", f"  features   {s.features}",
-             f"  errors     {s.error_count}"]
+        head = f"estimator-vgg: done, {s.new_files} new files"
+    lines = [head,
+             f"  images      {s.files}",
+             f"  features    {s.features}",
+             f"  errors      {s.error_count}"]
     lines += [f"    {reason:<22} {n}" for reason, n in s.errors.items()]
+    if not s.noop:
+        lines += [f"  wall time   {s.seconds:.1f} s (first batch after {s.first_batch_s:.1f} s)",
+                  f"  images/s    {s.images_per_s:.2f}"]
+    lines.append(f"  output      {s.output} ({fmt}: features/, errors/, manifest.json)")
     if s.error_count:
         lines.append(f"  the errors table: pandas.read_parquet('{s.output / 'errors'}')")
     return "\n".join(lines)
+
+
+def neighbors_main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="estimator-vgg neighbors", description="Images most similar to a query, or groups "
+        "of near-duplicates, in the output of a job.", epilog=NEIGHBORS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", help="the job's output.dir")
+    parser.add_argument("query", nargs="?", help="an image file, or a path in the output")
+    parser.add_argument("-k", type=int, default=10, help="how many neighbours (default 10)")
+    parser.add_argument("--duplicates", type=float, metavar="THRESHOLD",
+                        help="list groups of images with cosine similarity >= THRESHOLD")
+    parser.add_argument("--html", metavar="PAGE.html",
+                        help="also write a self-contained page with thumbnails")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's own log lines and full tracebacks")
+    args = parser.parse_args(argv)
+    if (args.query is None) == (args.duplicates is None):
+        parser.error("give a QUERY, or --duplicates THRESHOLD (not both)")
+    if args.k < 1:
+        parser.error("-k must be at least 1")
+    _setup_logging(args.verbose)
+    from pathlib import Path
+
+    from estimator_vgg import neighbors as nb
+    from estimator_vgg.config import ConfigError
+    from estimator_vgg.weights import WeightsError
+
+    out = Path(args.output)
+    try:
+        root = nb.input_root(out)
+        if args.duplicates is not None:
+            groups = nb.duplicate_groups(out, args.duplicates)
+            print(f"{len(groups)} group{'s' if len(groups) != 1 else ''} with cosine "
+                  f"similarity >= {args.duplicates}")
+            for n, group in enumerate(groups, 1):
+                print(f"group {n} ({len(group)} images)")
+                for m in group:
+                    print(f"  {m.score:.4f}  {m.path}")
+            if args.html:
+                _quiet_tensorflow(args.verbose)
+                from estimator_vgg.page import duplicates_page
+                duplicates_page(groups, root, Path(args.html), args.duplicates, nb.describe(out))
+        else:
+            _quiet_tensorflow(args.verbose)
+            vector, own = nb.query_vector(out, args.query)
+            matches = nb.nearest(out, vector, args.k, exclude=own)
+            print(f"{len(matches)} nearest to {args.query} (cosine similarity)")
+            for rank, m in enumerate(matches, 1):
+                print(f"{rank:>4}  {m.score:.4f}  {m.path}")
+            if args.html:
+                from estimator_vgg.page import neighbors_page
+                query_file = root / own if own else Path(args.query)
+                neighbors_page(query_file, args.query, matches, root, Path(args.html),
+                               nb.describe(out))
+        if args.html:
+            print(f"wrote {args.html}")
+    except (nb.SearchError, ConfigError, WeightsError, FileNotFoundError, ValueError) as e:
+        print(f"estimator-vgg neighbors: error: {e}", file=sys.stderr)
+        return 1
+    return 0

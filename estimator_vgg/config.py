@@ -90,6 +90,17 @@ class DevicesConfig:
                                 "cannot run them. Off, a wrong device map fails loudly instead of "
                                 "collapsing silently onto one device.", default=False)
 
+    def device_names(self) -> list:
+        """One TensorFlow device name per tower.
+
+        GPUs are named as the session sees them: `visible_device_list` renumbers the configured
+        ids from 0, so `gpus: [2, 3]` gives towers on /device:GPU:0 and /device:GPU:1 of the
+        session, which are physical GPUs 2 and 3.
+        """
+        if self.gpus:
+            return [f"/device:GPU:{i}" for i in range(len(self.gpus))]
+        return [f"/device:CPU:{i}" for i in range(self.cpus or 1)]
+
 
 @dataclass(frozen=True)
 class OutputConfig:

@@ -31,15 +31,8 @@ class DeviceError(RuntimeError):
 
 
 def tower_devices(devices: DevicesConfig) -> List[str]:
-    """One TensorFlow device name per tower.
-
-    GPUs are named as the session sees them: `visible_device_list` renumbers the configured
-    ids from 0, so `gpus: [2, 3]` gives towers on /device:GPU:0 and /device:GPU:1 of the session,
-    which are physical GPUs 2 and 3.
-    """
-    if devices.gpus:
-        return [f"/device:GPU:{i}" for i in range(len(devices.gpus))]
-    return [f"/device:CPU:{i}" for i in range(devices.cpus or 1)]
+    """One TensorFlow device name per tower (see DevicesConfig.device_names)."""
+    return devices.device_names()
 
 
 def session_config(devices: DevicesConfig) -> tf.compat.v1.ConfigProto:

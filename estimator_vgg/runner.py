@@ -27,7 +27,6 @@ from estimator_vgg.store import Store, fault
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY_S = 10.0
 MIN_FILES_FOR_EARLY_STOP = 100
 PREPROCESS_RECIPE = "decode-rgb, resize, caffe-bgr-mean/v1"
 
@@ -169,8 +168,15 @@ class _Accountant:
                            f"inputs or raise the limit, and rerun to resume")
 
 
-def run(cfg: Config) -> Summary:
-    """Embed every image under input.dir into <output.dir>; resume what an earlier run began."""
+def run(cfg: Config, progress=None) -> Summary:
+    """Embed every image under input.dir into <output.dir>; resume what an earlier run began.
+
+    progress: an object with start(total), update(done, errors), close() (see progress.py);
+    default: a log line every 30 s.
+    """
+    from estimator_vgg.progress import LogProgress
+
+    progress = progress or LogProgress()
     start = time.time()
     listing = list_images(cfg.input.dir, cfg.input.extensions)
     if not listing:
@@ -216,19 +222,21 @@ def run(cfg: Config) -> Summary:
         predictions = est.predict(
             input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
             yield_single_examples=False, checkpoint_path=prepared.checkpoint)
-        last_report = time.time()
-        for batch in predictions:
-            fault("batch")
-            if not first_batch_s:
-                first_batch_s = time.time() - start
-            for key, row in zip(batch["path"], batch["fc7"]):
-                accountant.row(key.decode("utf-8", "surrogateescape"), row)
-            now = time.time()
-            if now - last_report >= PROGRESS_EVERY_S:
-                done_now = accountant.features + len(accountant.errors)
-                log.info("%d/%d images (%d errors), %.1f images/s", done_now, len(todo),
-                         len(accountant.errors), accountant.features / (now - start))
-                last_report = now
+        progress.start(len(todo))
+        try:
+            for batch in predictions:
+                fault("batch")
+                if not first_batch_s:
+                    first_batch_s = time.time() - start
+                    log.info("first batch after %.1f s", first_batch_s)
+                for key, row in zip(batch["path"], batch["fc7"]):
+                    accountant.row(key.decode("utf-8", "surrogateescape"), row)
+                progress.update(accountant.features + len(accountant.errors),
+                                len(accountant.errors))
+            accountant.finish()
+            progress.update(len(todo), len(accountant.errors))
+        finally:
+            progress.close()
     accountant.finish()
     accountant.check_error_fraction(final=True)
     seconds = time.time() - start

@@ -125,34 +125,73 @@ def read_part_paths(out_dir: Path, fmt: str, index: int) -> List[str]:
     return paths + errors.column("path").to_pylist()
 
 
-def iter_parts(out_dir: Path) -> Iterator[Tuple[List[str], np.ndarray]]:
-    """(paths, fc7 float32 [n, 4096]) per features part, in row order, for any output format."""
+def _part_files(out_dir: Path) -> Tuple[str, List[Path]]:
     d = Path(out_dir) / FEATURES
-    parquet = sorted(d.glob("part-*[0-9].parquet"))
-    npy = sorted(d.glob("part-*[0-9].npy"))
-    csvs = sorted(d.glob("part-*[0-9].csv"))
-    if sum(map(bool, (parquet, npy, csvs))) > 1:
-        raise ValueError(f"{d} mixes output formats; expected one of parquet, npy, csv")
-    for f in parquet:
+    if not d.is_dir():
+        raise FileNotFoundError(f"{out_dir} has no {FEATURES}/ folder: not an estimator-vgg "
+                                f"output, or nothing was written yet")
+    found = {fmt: sorted(d.glob(f"part-*[0-9]{ext}"))
+             for fmt, ext in (("parquet", ".parquet"), ("npy", ".npy"), ("csv", ".csv"))}
+    formats = [fmt for fmt, files in found.items() if files]
+    if len(formats) > 1:
+        raise ValueError(f"{d} mixes output formats ({', '.join(formats)})")
+    return (formats[0], found[formats[0]]) if formats else ("parquet", [])
+
+
+def _read_part(fmt: str, f: Path) -> Tuple[List[str], np.ndarray]:
+    if fmt == "parquet":
         import pyarrow.parquet as pq
         t = pq.read_table(f)
         fc7 = t.column("fc7").combine_chunks().flatten().to_numpy().reshape(-1, FC7_DIM)
-        yield t.column("path").to_pylist(), fc7.astype(np.float32, copy=False)
-    for f in npy:
+        return t.column("path").to_pylist(), fc7.astype(np.float32, copy=False)
+    if fmt == "npy":
         index = f.with_name(f.name[:-len(".npy")] + ".paths.jsonl")
         paths = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines()]
-        yield paths, np.load(f)
-    for f in csvs:
-        import pandas as pd
-        df = pd.read_csv(f, dtype={"path": str}, keep_default_na=False)
-        yield df["path"].tolist(), df.iloc[:, 1:].to_numpy(np.float32)
+        return paths, np.load(f)
+    import pandas as pd
+    df = pd.read_csv(f, dtype={"path": str}, keep_default_na=False)
+    return df["path"].tolist(), df.iloc[:, 1:].to_numpy(np.float32)
+
+
+def iter_parts(out_dir: Path, skip: int = 0) -> Iterator[Tuple[List[str], np.ndarray]]:
+    """(paths, fc7 float32 [n, 4096]) per features part, in row order, for any output format.
+
+    One part in memory at a time: for outputs larger than memory. `skip` passes over the
+    first parts without reading them.
+    """
+    fmt, files = _part_files(out_dir)
+    for f in files[skip:]:
+        yield _read_part(fmt, f)
+
+
+def _rows(fmt: str, f: Path) -> int:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        return pq.ParquetFile(f).metadata.num_rows
+    if fmt == "npy":
+        return int(np.load(f, mmap_mode="r").shape[0])
+    return -1
 
 
 def read_features(out_dir: Path) -> Tuple[List[str], np.ndarray]:
-    """All rows of an output: (paths, fc7 float32 [n, 4096])."""
+    """All rows of an output: (paths, fc7 float32 [n, 4096]), in the table's order.
+
+    The matrix is allocated once from the parts' row counts and filled part by part, so the
+    peak memory is the matrix plus one part (no per-row Python loop, no final concatenate).
+    """
+    fmt, files = _part_files(out_dir)
+    counts = [_rows(fmt, f) for f in files]
+    if fmt == "csv":  # no row count without reading: the compatibility format pays for it
+        parts = [_read_part(fmt, f) for f in files]
+        paths = [p for ps, _ in parts for p in ps]
+        return paths, np.concatenate([m for _, m in parts] or
+                                     [np.zeros((0, FC7_DIM), np.float32)])
+    matrix = np.empty((sum(counts), FC7_DIM), np.float32)
     paths: List[str] = []
-    mats = []
-    for p, m in iter_parts(out_dir):
-        paths.extend(p)
-        mats.append(m)
-    return paths, (np.concatenate(mats) if mats else np.zeros((0, FC7_DIM), np.float32))
+    row = 0
+    for f, n in zip(files, counts):
+        ps, m = _read_part(fmt, f)
+        matrix[row:row + n] = m
+        paths.extend(ps)
+        row += n
+    return paths, matrix

@@ -1,0 +1,164 @@
+"""Similar-image search over a finished output: exact cosine similarity, one part at a time.
+
+    estimator-vgg neighbors out/demo demo_images/chelsea_cat.JPG -k 5
+    estimator-vgg neighbors out/demo chelsea_cat.JPG            (a path already in the output)
+    estimator-vgg neighbors out/demo --duplicates 0.95 --html dups.html
+
+Memory holds one part (plus the k best so far), so the search scales to outputs larger than
+memory; the duplicate search compares every pair of parts, so its time grows with the square
+of the number of rows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from estimator_vgg.writer import iter_parts
+
+log = logging.getLogger(__name__)
+
+
+class SearchError(ValueError):
+    """The query or the output cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Match:
+    path: str      # as in the features table (relative to input.dir)
+    score: float   # cosine similarity to the query, -1..1
+
+
+def _unit(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, np.float32)
+    norms = np.linalg.norm(m, axis=-1, keepdims=True)
+    return m / np.maximum(norms, np.float32(1e-12))  # an all-zero row scores 0 against anything
+
+
+def manifest_of(out_dir: Path) -> dict:
+    f = Path(out_dir) / "manifest.json"
+    if not f.is_file():
+        raise SearchError(f"{out_dir} has no manifest.json: not an estimator-vgg output folder")
+    return json.loads(f.read_text(encoding="utf-8"))
+
+
+def input_root(out_dir: Path) -> Path:
+    """The input.dir the output was made from (where its relative paths point)."""
+    return Path(manifest_of(out_dir)["config"]["input"]["dir"])
+
+
+def describe(out_dir: Path) -> str:
+    """The output's name for the page, with a warning when its weights were synthetic."""
+    synthetic = manifest_of(out_dir)["fingerprint"].get("synthetic_weights")
+    return f"{out_dir}" + (" (synthetic weights: not ImageNet features)" if synthetic else "")
+
+
+def vector_of(out_dir: Path, path: str) -> Optional[np.ndarray]:
+    """The fc7 row of `path` if the output holds it."""
+    for paths, fc7 in iter_parts(out_dir):
+        if path in paths:
+            return fc7[paths.index(path)]
+    return None
+
+
+def embed_file(out_dir: Path, file: Path) -> np.ndarray:
+    """fc7 of an image file, with the weights and preprocessing the output was made with."""
+    from estimator_vgg.config import load_config
+
+    manifest = manifest_of(out_dir)
+    c = manifest["config"]
+    cfg = load_config(
+        None, input={"dir": str(Path(file).resolve().parent), "max_pixels": c["input"]["max_pixels"]},
+        preprocess=c["preprocess"],
+        model={k: c["model"][k] for k in ("weights", "seed", "allow_pickle", "cache_dir")},
+        devices={"cpus": 1, "batch_size": 1}, output={"dir": str(out_dir)})
+    from estimator_vgg import weights
+    from estimator_vgg.estimator import build_estimator
+    from estimator_vgg.input import input_fn
+
+    prepared = weights.prepare(cfg.model)
+    if prepared.sha256 != manifest["fingerprint"]["weights_sha256"]:
+        raise SearchError(f"the weights {cfg.model.weights} now have sha256 "
+                          f"{prepared.sha256[:12]}, but {out_dir} was made with "
+                          f"{manifest['fingerprint']['weights_sha256'][:12]}: the query would "
+                          f"not be comparable")
+    est = build_estimator(cfg, prepared)
+    rows = list(est.predict(input_fn(cfg, [Path(file).name]), yield_single_examples=False,
+                            checkpoint_path=prepared.checkpoint))
+    return rows[0]["fc7"][0]
+
+
+def query_vector(out_dir: Path, query: str) -> Tuple[np.ndarray, Optional[str]]:
+    """(fc7, path in the output or None) for a query that is an output path or an image file."""
+    v = vector_of(out_dir, query)
+    if v is not None:
+        return v, query
+    if os.path.isfile(query):
+        return embed_file(out_dir, Path(query)), None
+    raise SearchError(f"{query!r} is neither a path in {out_dir}'s features (relative to "
+                      f"input.dir, as in the `path` column) nor an image file")
+
+
+def nearest(out_dir: Path, query: np.ndarray, k: int = 10,
+            exclude: Optional[str] = None) -> List[Match]:
+    """The k rows most similar to `query` by cosine similarity, best first (exact)."""
+    q = _unit(query)
+    best_scores = np.zeros(0, np.float32)
+    best_paths: List[str] = []
+    for paths, fc7 in iter_parts(out_dir):
+        if not paths:
+            continue
+        scores = _unit(fc7) @ q
+        if exclude is not None and exclude in paths:
+            scores[paths.index(exclude)] = -np.inf
+        scores = np.concatenate([best_scores, scores])
+        names = best_paths + list(paths)
+        keep = np.argpartition(-scores, min(k, len(scores)) - 1)[:k] if len(scores) > k \
+            else np.arange(len(scores))
+        best_scores = scores[keep]
+        best_paths = [names[i] for i in keep]
+    order = np.lexsort((np.array(best_paths, dtype=object).astype(str), -best_scores))
+    return [Match(best_paths[i], float(best_scores[i])) for i in order
+            if np.isfinite(best_scores[i])]
+
+
+def duplicate_groups(out_dir: Path, threshold: float) -> List[List[Match]]:
+    """Groups of rows linked by cosine similarity >= threshold (single linkage), largest first.
+
+    Each member's score is its best similarity to another member of its group.
+    """
+    parts = [paths for paths, _ in iter_parts(out_dir)]  # a first pass for the row names
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    names = [p for paths in parts for p in paths]
+    parent = list(range(len(names)))
+    best: Dict[int, float] = {}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, (_, fa) in enumerate(iter_parts(out_dir)):
+        ua = _unit(fa)
+        for b, (_, fb) in enumerate(iter_parts(out_dir, skip=a), start=a):
+            ub = ua if b == a else _unit(fb)
+            sims = ua @ ub.T
+            if a == b:
+                sims = np.triu(sims, k=1) + np.tril(np.full_like(sims, -np.inf))
+            for i, j in zip(*np.nonzero(sims >= threshold)):
+                gi, gj = int(offsets[a] + i), int(offsets[b] + j)
+                s = float(sims[i, j])
+                best[gi] = max(best.get(gi, -1.0), s)
+                best[gj] = max(best.get(gj, -1.0), s)
+                parent[find(gi)] = find(gj)
+    groups: Dict[int, List[int]] = {}
+    for i in best:
+        groups.setdefault(find(i), []).append(i)
+    out = [[Match(names[i], best[i]) for i in sorted(members)] for members in groups.values()]
+    return sorted(out, key=lambda g: (-len(g), g[0].path))

@@ -1,0 +1,87 @@
+"""Self-contained HTML pages of search results: thumbnails inlined as data URIs, no other file.
+
+    neighbors_page(query_file, query_label, matches, root, "page.html")
+    duplicates_page(groups, root, "dups.html")
+"""
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+THUMB_PX = 180
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
+h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8px; }
+.note { color: #666; font-size: 13px; margin-bottom: 16px; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { width: 190px; background: #fff; border: 1px solid #ddd; border-radius: 6px;
+        padding: 6px; box-sizing: border-box; }
+.card.query { border: 2px solid #2a6edb; }
+.card img, .card .missing { width: 178px; height: 178px; object-fit: contain; display: block;
+        background: #eee; }
+.card .missing { display: flex; align-items: center; justify-content: center; color: #999;
+        font-size: 12px; }
+.path { font-size: 12px; word-break: break-all; margin-top: 4px; }
+.score { font-size: 13px; font-weight: 600; color: #2a6edb; }
+"""
+
+
+def thumbnail_uri(file: Path) -> Optional[str]:
+    """A JPEG thumbnail of `file` as a data: URI, or None if it cannot be read."""
+    import tensorflow as tf
+
+    try:
+        img = tf.io.decode_image(tf.io.read_file(str(file)), channels=3,
+                                 expand_animations=False)
+        img = tf.image.resize(img, [THUMB_PX, THUMB_PX], preserve_aspect_ratio=True,
+                              antialias=True)
+        data = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8),
+                                 quality=85).numpy()
+    except (tf.errors.OpError, OSError) as e:
+        log.warning("no thumbnail for %s: %s", file, e)
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _card(file: Path, label: str, score: Optional[float], query: bool = False) -> str:
+    uri = thumbnail_uri(file)
+    img = (f'<img src="{uri}" alt="{html.escape(label)}">' if uri
+           else '<div class="missing">no preview</div>')
+    score_html = f'<div class="score">{score:.4f}</div>' if score is not None else \
+        '<div class="score">query</div>'
+    cls = "card query" if query else "card"
+    return (f'<div class="{cls}">{img}{score_html}<div class="path">{html.escape(label)}'
+            f'</div></div>')
+
+
+def _page(title: str, note: str, body: str) -> str:
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+            f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<div class=\"note\">{html.escape(note)}</div>{body}</body></html>\n")
+
+
+def neighbors_page(query_file: Path, query_label: str, matches: Sequence, root: Path,
+                   out: Path, source: str) -> None:
+    cards = [_card(query_file, query_label, None, query=True)]
+    cards += [_card(root / m.path, m.path, m.score) for m in matches]
+    body = f'<div class="grid">{"".join(cards)}</div>'
+    note = (f"{len(matches)} nearest by cosine similarity of VGG16 fc7, from {source}")
+    Path(out).write_text(_page(f"Images like {query_label}", note, body), encoding="utf-8")
+
+
+def duplicates_page(groups: List[list], root: Path, out: Path, threshold: float,
+                    source: str) -> None:
+    sections = []
+    for n, group in enumerate(groups, 1):
+        cards = "".join(_card(root / m.path, m.path, m.score) for m in group)
+        sections.append(f"<h2>Group {n}: {len(group)} images</h2><div class=\"grid\">{cards}</div>")
+    body = "".join(sections) or "<p>No near-duplicates at this threshold.</p>"
+    note = (f"{len(groups)} group{'s' if len(groups) != 1 else ''} of images whose fc7 cosine similarity is at least "
+            f"{threshold} (score: best similarity to another member), from {source}")
+    Path(out).write_text(_page("Near-duplicate images", note, body), encoding="utf-8")

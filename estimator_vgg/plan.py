@@ -1,0 +1,62 @@
+"""What a job would do, without TensorFlow: files by extension, done, to do, devices, weights.
+
+Backs `estimator-vgg CONFIG --dry-run`; imports neither TensorFlow nor the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from estimator_vgg.config import Config
+from estimator_vgg.listing import list_images
+from estimator_vgg.store import MANIFEST
+from estimator_vgg.writer import read_part_paths
+
+IMAGENET_CACHE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+
+
+def _weights_text(cfg: Config) -> str:
+    w = cfg.model.weights
+    if w == "synthetic":
+        return f"synthetic (seed {cfg.model.seed}): NOT ImageNet features"
+    if w == "imagenet":
+        cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / \
+            IMAGENET_CACHE
+        where = f"cached at {cached}" if cached.is_file() else "downloaded on first use (528 MB)"
+        return f"imagenet: Keras' published file, {where}"
+    return f"{w} ({os.path.getsize(w) / 1e6:.0f} MB)"
+
+
+def dry_run(cfg: Config) -> str:
+    listing = list_images(cfg.input.dir, cfg.input.extensions)
+    by_ext = Counter(os.path.splitext(p)[1].lower().lstrip(".") for p in listing)
+    done = set()
+    manifest_file = cfg.output.dir / MANIFEST
+    state = "new output"
+    if cfg.output.overwrite:
+        state = "output.overwrite: existing features, errors and manifest would be deleted"
+    elif manifest_file.is_file():
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        fmt = manifest["fingerprint"]["output_format"]
+        for part in manifest["parts"]:
+            done.update(read_part_paths(cfg.output.dir, fmt, part["index"]))
+        state = (f"resuming ({len(manifest['parts'])} parts committed; weights and "
+                 f"preprocessing are checked against the manifest when the job starts)")
+    todo = sum(1 for p in listing if p not in done)
+    devices = cfg.devices.device_names()
+    lines = [
+        f"dry run: nothing is read, converted or written",
+        f"  input.dir    {cfg.input.dir}",
+        f"  files        {len(listing)}  (" + ", ".join(f"{e}: {n}" for e, n in
+                                                     sorted(by_ext.items())) + ")",
+        f"  done         {len(listing) - todo}",
+        f"  to do        {todo}",
+        f"  output       {cfg.output.dir} ({cfg.output.format}): {state}",
+        f"  devices      {', '.join(devices)} ({cfg.devices.batch_size} images per tower per "
+        f"step; GPUs are checked when the job starts)",
+        f"  weights      {_weights_text(cfg)}",
+        f"  preprocess   {cfg.preprocess.resize}, antialias {cfg.preprocess.antialias}",
+    ]
+    return "\n".join(lines)
