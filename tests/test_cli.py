@@ -26,7 +26,7 @@ def test_an_undecodable_image_is_reported_and_the_exit_code_says_so(tmp_path):
     r = _job(tmp_path, "input.max_error_fraction=0.5")
     assert r.returncode == 3, r.stderr[-2000:]
     assert "space/broken.jpg: not_an_image" in r.stderr
-    assert "errors     1" in r.stdout and "not_an_image" in r.stdout
+    assert "errors      1" in r.stdout and "not_an_image" in r.stdout
     assert f"pandas.read_parquet('{tmp_path / 'out' / 'errors'}')" in r.stdout
     assert "Traceback" not in r.stderr
 

@@ -76,7 +76,7 @@ def test_every_bad_file_is_one_error_row_and_the_job_goes_on(bad_folder, tmp_pat
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"] == {"files": 14, "features": 6, "errors": 8, "parts": 1}
     assert manifest["runs"][-1]["new_errors"]["unsupported_format"] == 2
-    assert "errors     8" in r.stdout and "unsupported_format     2" in r.stdout
+    assert "errors      8" in r.stdout and "unsupported_format     2" in r.stdout
 
 
 def test_good_rows_are_unaffected_by_bad_neighbours(bad_folder, tmp_path):
