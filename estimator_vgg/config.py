@@ -19,6 +19,7 @@ import yaml
 RESIZE_POLICIES = ("center_crop", "squash")
 OUTPUT_FORMATS = ("parquet", "npy", "csv")
 NAMED_WEIGHTS = ("imagenet", "synthetic")
+PRECISIONS = ("float32", "bfloat16", "float16")
 # tif, tiff and webp are listed so that such files show up as `unsupported_format` errors
 # instead of being skipped unseen.
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp")
@@ -72,6 +73,11 @@ class ModelConfig:
     allow_pickle: bool = _doc("Must be `true` to load a `.npy` weights file: reading it runs "
                               "Python's pickle, which can execute code from the file. Only for "
                               "files you trust.", default=False)
+    precision: str = _doc("Compute precision of the towers: `float32`, `bfloat16` (CPUs with "
+                          "AVX-512 BF16/AMX, recent GPUs) or `float16` (GPUs only). Weights are "
+                          "stored once in float32 and cast per tower when the session starts; fc7 "
+                          "comes out as float32. Part of the features' meaning: recorded in the "
+                          "manifest.", default="float32")
     cache_dir: Path = _doc("Where weights are converted (once per file, keyed by its sha256) into "
                            "the checkpoint the Estimator restores.",
                            default=Path("~/.cache/estimator-vgg"))
@@ -327,6 +333,12 @@ def _validate(cfg: Config, bases: dict) -> None:
     if p.resize not in RESIZE_POLICIES:
         raise ConfigError(f"preprocess.resize: {p.resize!r} is not a policy; choose one of "
                           f"{', '.join(RESIZE_POLICIES)}")
+    if m.precision not in PRECISIONS:
+        raise ConfigError(f"model.precision: {m.precision!r} is not a precision; choose one of "
+                          f"{', '.join(PRECISIONS)}")
+    if m.precision == "float16" and not d.gpus:
+        raise ConfigError("model.precision: float16 is for GPUs (CPUs have no fast float16 "
+                          "kernels); on CPUs use bfloat16, or name devices.gpus")
     if o.dir is None:
         raise ConfigError("output.dir is required: the folder the features are written to")
     if o.format not in OUTPUT_FORMATS:

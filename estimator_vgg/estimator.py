@@ -80,7 +80,8 @@ def model_fn(features, labels, mode, params):
         raise ValueError(f"estimator-vgg's model_fn only predicts (mode {mode!r} requested): "
                          f"it extracts fixed VGG16 features and has no training or evaluation")
     devices = params["devices"]
-    per_tower, copy_op = towers.tower_weights(devices)
+    dtype = tf.as_dtype(params.get("precision", "float32"))
+    per_tower, copy_op = towers.tower_weights(devices, dtype)
     fc7 = towers.replicate(vgg16.fc7, features["image"], devices, per_tower, host=HOST)
     with tf.device(HOST):
         # Restoring the checkpoint skips init_op. Reaching it means there was no checkpoint,
@@ -110,4 +111,5 @@ def build_estimator(cfg: Config,
     run_config = tf.estimator.RunConfig(model_dir=str(prepared.model_dir),
                                         session_config=session_config(cfg.devices))
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config,
-                                  params={"devices": tower_devices(cfg.devices)})
+                                  params={"devices": tower_devices(cfg.devices),
+                                          "precision": cfg.model.precision})

@@ -75,7 +75,10 @@ def embed_file(out_dir: Path, file: Path) -> np.ndarray:
     cfg = load_config(
         None, input={"dir": str(Path(file).resolve().parent), "max_pixels": c["input"]["max_pixels"]},
         preprocess=c["preprocess"],
-        model={k: c["model"][k] for k in ("weights", "seed", "allow_pickle", "cache_dir")},
+        model=dict({k: c["model"][k] for k in ("weights", "seed", "allow_pickle", "cache_dir")},
+                   # float16 needs a GPU; a single query on the CPU uses float32 instead
+                   precision={"float16": "float32"}.get(c["model"].get("precision", "float32"),
+                                                        c["model"].get("precision", "float32"))),
         devices={"cpus": 1, "batch_size": 1}, output={"dir": str(out_dir)})
     from estimator_vgg import weights
     from estimator_vgg.estimator import build_estimator

@@ -60,6 +60,7 @@ def fingerprint(cfg: Config, prepared: weights.PreparedWeights) -> dict:
     """What the features depend on; an output made with another fingerprint is not resumed."""
     return {
         "model": "vgg16/fc7",
+        "precision": cfg.model.precision,
         "weights_sha256": prepared.sha256,
         "synthetic_weights": prepared.synthetic,
         "preprocessing": {"recipe": PREPROCESS_RECIPE, "resize": cfg.preprocess.resize,

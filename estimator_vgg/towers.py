@@ -20,21 +20,32 @@ import tensorflow as tf
 from estimator_vgg import vgg16
 
 
-def tower_weights(devices: Sequence[str]) -> Tuple[List[vgg16.Weights], tf.Operation]:
-    """Variables for each tower on its device, and the op that fills the copies from tower 0."""
+def tower_weights(devices: Sequence[str], dtype: tf.DType = tf.float32
+                  ) -> Tuple[List[vgg16.Weights], tf.Operation]:
+    """Variables for each tower on its device, and the op that fills the copies from tower 0.
+
+    In float32, tower 0 computes from the restored variables themselves. In a lower precision
+    every tower, tower 0 included, gets a copy cast once per session, so no step pays for a
+    cast of the 138M weights.
+    """
     with tf.device(devices[0]):
         primary = vgg16.create_variables(vgg16.SCOPE, local=False)
-    per_tower = [primary]
+    per_tower = [primary] if dtype == tf.float32 else []
     assigns = []
-    for i, dev in enumerate(devices[1:], start=1):
+    for i, dev in enumerate(devices):
+        if i == 0 and dtype == tf.float32:
+            continue
         with tf.device(dev):
-            copy = vgg16.create_variables(f"tower_{i}/{vgg16.SCOPE}", local=True)
+            copy = vgg16.create_variables(f"tower_{i}/{vgg16.SCOPE}", local=True, dtype=dtype)
         with tf.device(dev), tf.name_scope(f"fill_tower_{i}"):
             for name, (k, b) in copy.items():
                 src_k, src_b = primary[name]
                 # The assign runs on the copy's device: the value crosses once per session.
-                assigns.append(k.assign(src_k.read_value(), read_value=False))
-                assigns.append(b.assign(src_b.read_value(), read_value=False))
+                for dst, src in ((k, src_k), (b, src_b)):
+                    value = src.read_value()
+                    if dtype != tf.float32:
+                        value = tf.cast(value, dtype)
+                    assigns.append(dst.assign(value, read_value=False))
         per_tower.append(copy)
     copy_op = tf.group(*assigns, name="fill_tower_copies")
     return per_tower, copy_op

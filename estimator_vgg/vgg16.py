@@ -41,7 +41,8 @@ def layer_shapes() -> Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]]:
     return {name: (shape, (shape[-1],)) for name, shape in LAYERS}
 
 
-def create_variables(prefix: str = SCOPE, local: bool = False) -> Weights:
+def create_variables(prefix: str = SCOPE, local: bool = False,
+                     dtype: tf.DType = tf.float32) -> Weights:
     """Zero-initialised variables for every layer, named `<prefix>/<layer>/kernel|bias`.
 
     Global variables (`local=False`) are what the checkpoint restores; local ones are per-tower
@@ -53,10 +54,10 @@ def create_variables(prefix: str = SCOPE, local: bool = False) -> Weights:
     out = {}
     for name, (kshape, bshape) in layer_shapes().items():
         with tf.compat.v1.variable_scope(f"{prefix}/{name}"):
-            k = tf.compat.v1.get_variable("kernel", kshape, tf.float32, tf.zeros_initializer(),
+            k = tf.compat.v1.get_variable("kernel", kshape, dtype, tf.zeros_initializer(),
                                           trainable=False, collections=collections,
                                           use_resource=True)
-            b = tf.compat.v1.get_variable("bias", bshape, tf.float32, tf.zeros_initializer(),
+            b = tf.compat.v1.get_variable("bias", bshape, dtype, tf.zeros_initializer(),
                                           trainable=False, collections=collections,
                                           use_resource=True)
         out[name] = (k, b)
@@ -64,8 +65,12 @@ def create_variables(prefix: str = SCOPE, local: bool = False) -> Weights:
 
 
 def fc7(images: tf.Tensor, weights: Weights) -> tf.Tensor:
-    """Caffe-preprocessed float32 [n, 224, 224, 3] -> fc7 float32 [n, 4096] (after its ReLU)."""
-    x = images
+    """Caffe-preprocessed float32 [n, 224, 224, 3] -> fc7 float32 [n, 4096] (after its ReLU).
+
+    Computes in the weights' dtype (float32, bfloat16 or float16); returns float32.
+    """
+    dtype = weights[CONV_LAYERS[0][0]][0].dtype.base_dtype
+    x = tf.cast(images, dtype) if dtype != tf.float32 else images
     for name, _ in CONV_LAYERS:
         k, b = weights[name]
         x = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, k, strides=1, padding="SAME"), b),
@@ -77,4 +82,4 @@ def fc7(images: tf.Tensor, weights: Weights) -> tf.Tensor:
     for name, _ in FC_LAYERS:
         k, b = weights[name]
         x = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, k), b), name=name)
-    return x
+    return tf.cast(x, tf.float32) if dtype != tf.float32 else x
