@@ -121,8 +121,11 @@ def job(images: Path, precision: str) -> dict:
         summary = run(_synthetic_cfg(images, Path(tmp) / "out", precision))
         seconds = time.perf_counter() - start
     assert summary.features == len(list(images.iterdir())), summary
+    # Steady state: the images after the first batch over the time after it, i.e. without
+    # the fixed start-up (graph, restore, first batch) that a long job amortises.
+    steady = (summary.features - BATCH) / max(seconds - summary.first_batch_s, 1e-9)
     return {"images": summary.features, "seconds": seconds,
-            "first_batch_s": summary.first_batch_s}
+            "first_batch_s": summary.first_batch_s, "steady_images_per_s": steady}
 
 
 def seed(images: Path, precision: str) -> dict:
@@ -194,7 +197,31 @@ def keras(images: Path, precision: str) -> dict:
     return {"images": len(files), "seconds": time.perf_counter() - start}
 
 
-METHODS = {"ceiling": ceiling, "job": job, "seed": seed, "keras": keras}
+def decode(images: Path, precision: str) -> dict:
+    """The job's input pipeline alone (read, decode, resize, preprocess), no model.
+
+    `precision` is abused as the thread count here: decode-1 and decode-2 give the rate of one
+    core and of two.
+    """
+    import tensorflow as tf
+
+    from estimator_vgg.input import input_fn
+    from estimator_vgg.listing import list_images
+
+    threads = int(precision)
+    cfg = _synthetic_cfg(images, images, "float32")
+    cfg = type(cfg)(**{**cfg.__dict__, "input": type(cfg.input)(
+        **{**cfg.input.__dict__, "decode_threads": threads})})
+    paths = list_images(images, ["jpg"])
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads  # no more cores than asked for
+    ds = input_fn(cfg, paths)().with_options(options)
+    start = time.perf_counter()
+    count = sum(int(b["image"].shape[0]) for b in ds)
+    return {"images": count, "seconds": time.perf_counter() - start}
+
+
+METHODS = {"ceiling": ceiling, "job": job, "seed": seed, "keras": keras, "decode": decode}
 
 
 def child(method: str, images: str, precision: str) -> None:
@@ -240,7 +267,7 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--methods", nargs="+", default=["ceiling", "job", "seed", "keras"])
     ap.add_argument("--memory", type=int, nargs=2, metavar=("SMALL", "LARGE"),
-                    help="instead: peak memory of the job at two image counts (bfloat16)")
+                    help="instead: peak memory of the job (float32) at two image counts")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -252,7 +279,8 @@ def main() -> None:
         images = Path(tmp) / "images"
         make_images(images, args.images)
         runs = [(m, p) for m in args.methods
-                for p in (args.precisions if m in ("ceiling", "job") else ["float32"])]
+                for p in (args.precisions if m in ("ceiling", "job") else
+                          ["1", "2"] if m == "decode" else ["float32"])]
         results = {r: [] for r in runs}
         for rep in range(args.reps):
             for m, p in runs:
@@ -268,7 +296,7 @@ def report(results: dict, args) -> None:
             for k, v in results.items()}
     mem = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in results.items()}
     print(f"\n{args.images} JPEGs, {args.reps} alternated reps, medians; batch {BATCH}, 1 tower")
-    print(f"| method | precision | images/s | vs its ceiling | peak memory MB |")
+    print(f"| method | precision (decode: threads) | images/s | vs its ceiling | peak memory MB |")
     print(f"| --- | --- | ---: | ---: | ---: |")
     for (m, p), r in rate.items():
         ceil = rate.get(("ceiling", p))
@@ -277,6 +305,11 @@ def report(results: dict, args) -> None:
     first = [x["first_batch_s"] for (m, _), v in results.items() if m == "job" for x in v]
     if first:
         print(f"job: first batch after {statistics.median(first):.1f} s (median, from start)")
+    for (m, p), v in results.items():
+        if m == "job" and ("ceiling", p) in rate:
+            steady = statistics.median(x["steady_images_per_s"] for x in v)
+            print(f"job {p} after the first batch: {steady:.2f} images/s, "
+                  f"{steady / rate[('ceiling', p)]:.2f}x its ceiling")
     seed_rate = rate.get(("seed", "float32"))
     if seed_rate:
         for p in args.precisions:
@@ -292,8 +325,8 @@ def memory(tmp: Path, small: int, large: int) -> None:
     for n in (small, large):
         images = tmp / f"images_{n}"
         make_images(images, n)
-        out[n] = measure("job", images, "bfloat16")
-        print(f"job bfloat16, {n} images: peak {out[n]['peak_rss_mb']:.0f} MB, "
+        out[n] = measure("job", images, "float32")
+        print(f"job float32, {n} images: peak {out[n]['peak_rss_mb']:.0f} MB, "
               f"{n / out[n]['seconds']:.2f} images/s", flush=True)
     print(f"peak memory {large} vs {small} images: "
           f"{out[large]['peak_rss_mb'] / out[small]['peak_rss_mb']:.3f}x")
