@@ -108,7 +108,10 @@ def run_main(argv: List[str]) -> int:
     _quiet_tensorflow(args.verbose)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    import tensorflow as tf
+
     from estimator_vgg.estimator import DeviceError
+    from estimator_vgg.listing import ListingError
     from estimator_vgg.progress import for_stream
     from estimator_vgg.runner import JobError, run
     from estimator_vgg.store import OutputError
@@ -116,10 +119,17 @@ def run_main(argv: List[str]) -> int:
     try:
         with logging_redirect_tqdm():
             summary = run(cfg, progress=for_stream(sys.stderr))
-    except (JobError, DeviceError, WeightsError, OutputError) as e:
+    except (JobError, DeviceError, WeightsError, OutputError, ListingError) as e:
         if args.verbose:
             log.exception("failed")
         print(f"estimator-vgg: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, tf.errors.OpError) as e:  # a full disk, a lost mount, a device map
+        if args.verbose:
+            log.exception("failed")
+        print(f"estimator-vgg: error: {getattr(e, 'message', None) or e}. The parts written so "
+              f"far are kept: rerun the same command to resume (-v shows the traceback)",
+              file=sys.stderr)
         return 1
     print(summary_text(summary, cfg.output.format))
     if summary.error_count / summary.files > cfg.input.max_error_fraction:

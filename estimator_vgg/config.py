@@ -7,6 +7,7 @@ The README's config reference is generated from the field docs below
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import sys
 import typing
@@ -211,6 +212,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if tp in (str, Path):
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return str(value)  # a folder named 2024-05-01, read by YAML as a date
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{key}: expected a {_type_name(tp)}, got {value!r}")
         return str(value)
@@ -236,13 +239,28 @@ def _merge(tree: dict, overrides: Mapping[str, Any], origin: str, base: Path,
             bases[f"{sec}.{k}"] = base
 
 
+def _is_text(key: str) -> bool:
+    """Whether section.key holds a string or a path (then an override is taken verbatim)."""
+    sec, _, name = key.partition(".")
+    cls = _SECTIONS.get(sec)
+    if cls is None:
+        return False
+    tp = typing.get_type_hints(cls).get(name)
+    if typing.get_origin(tp) is typing.Union:
+        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+    return tp in (str, Path)
+
+
 def parse_override(text: str) -> Tuple[str, Any]:
-    """`devices.cpus=2` -> ("devices.cpus", 2); the value is read as YAML (`[0,1]`, `true`)."""
+    """`devices.cpus=2` -> ("devices.cpus", 2); the value is read as YAML (`[0,1]`, `true`),
+    except for string and path keys, whose text is kept as typed (`output.dir=010`)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     key, raw = text.split("=", 1)
     if key.count(".") != 1:
         raise ConfigError(f"override {text!r}: the key must be section.key, like devices.cpus")
+    if _is_text(key.strip()) and raw != "":
+        return key.strip(), raw
     try:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as e:
@@ -264,7 +282,7 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: Any = (),
     if sections:
         _merge(tree, sections, "load_config arguments", cwd, bases)
     if path is not None:
-        source = Path(path).expanduser().resolve()
+        source = Path(os.path.abspath(Path(path).expanduser()))  # the link's folder, not its target's
         if not source.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:

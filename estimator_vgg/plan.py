@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from estimator_vgg.config import Config
-from estimator_vgg.listing import list_images
+from estimator_vgg.listing import display_path, list_images
 from estimator_vgg.store import MANIFEST
 from estimator_vgg.writer import read_part_paths
 
@@ -44,7 +44,7 @@ def dry_run(cfg: Config) -> str:
             done.update(read_part_paths(cfg.output.dir, fmt, part["index"]))
         state = (f"resuming ({len(manifest['parts'])} parts committed; weights and "
                  f"preprocessing are checked against the manifest when the job starts)")
-    todo = sum(1 for p in listing if p not in done)
+    todo = sum(1 for p in listing if display_path(p) not in done)
     devices = cfg.devices.device_names()
     lines = [
         f"dry run: nothing is read, converted or written",

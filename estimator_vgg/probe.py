@@ -22,6 +22,16 @@ REASONS = ("dangling_symlink", "symlink_outside_root", "missing", "permission_de
            "too_large", "decode_error")
 
 
+def special_file(path: os.PathLike) -> bool:
+    """Whether `path` exists and is neither a regular file nor a folder (FIFO, socket, device)."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # missing or dangling: classify() says which
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def outside_root(root: Path, rel: str) -> bool:
     """Whether `rel` is a symlink (or under one) whose target lies outside `root`."""
     target = os.path.realpath(os.path.join(root, rel))

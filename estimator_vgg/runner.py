@@ -22,7 +22,7 @@ from estimator_vgg import __version__, preprocess, probe, weights
 from estimator_vgg.config import Config
 from estimator_vgg.estimator import build_estimator, tower_devices
 from estimator_vgg.input import input_fn
-from estimator_vgg.listing import list_images
+from estimator_vgg.listing import display_path, list_images
 from estimator_vgg.store import Store, fault
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def fingerprint(cfg: Config, prepared: weights.PreparedWeights) -> dict:
                           "image_size": preprocess.IMAGE_SIZE,
                           "mean_bgr": list(preprocess.CAFFE_BGR_MEAN)},
         "output_format": cfg.output.format,
+        # The rows' paths are relative to it: another folder's a.jpg is another image.
+        "input_dir": str(cfg.input.dir),
     }
 
 
@@ -107,9 +109,9 @@ class _Accountant:
         else:
             reason, message = probe.classify(self.cfg.input.dir, rel, self.cfg.input.max_pixels,
                                              self.cfg.input.follow_external_symlinks)
-        log.warning("%s: %s (%s)", rel, reason, message)
-        part.errors.append((rel, reason, message))
-        self.errors.append((rel, reason, message))
+        log.warning("%s: %s (%s)", display_path(rel), reason, message)
+        part.errors.append((display_path(rel), reason, message))
+        self.errors.append((display_path(rel), reason, message))
 
     def _commit_full_parts(self) -> None:
         while (self.current < len(self.parts)
@@ -143,7 +145,7 @@ class _Accountant:
                 part.pos += 1
                 self._commit_full_parts()
                 part = self.parts[self.current]
-        part.paths.append(rel)
+        part.paths.append(display_path(rel))
         part.fc7.append(fc7[None, :])
         part.pos += 1
         self.features += 1
@@ -188,7 +190,7 @@ def run(cfg: Config, progress=None) -> Summary:
     store = Store(cfg.output.dir, cfg.output.format)
     store.open(fingerprint(cfg, prepared), cfg.to_dict(), cfg.output.overwrite)
     done = store.done_paths()
-    todo = [p for p in listing if p not in done]
+    todo = [p for p in listing if display_path(p) not in done]
     feats_before = sum(p["features"] for p in store.parts)
     errs_before = sum(p["errors"] for p in store.parts)
     log.info("found %d images under %s: %d already done, %d to do", len(listing),
@@ -202,11 +204,13 @@ def run(cfg: Config, progress=None) -> Summary:
                        time.time() - start, cfg.output.dir, noop=True)
 
     # Symlinks out of input.dir are never opened (unless allowed): they go straight to errors.
+    # A FIFO or device named like an image would block the reader forever: never opened.
     blocked = {}
-    if not cfg.input.follow_external_symlinks:
-        for rel in todo:
-            if probe.outside_root(cfg.input.dir, rel):
-                blocked[rel] = probe.classify(cfg.input.dir, rel, cfg.input.max_pixels, False)
+    for rel in todo:
+        if not cfg.input.follow_external_symlinks and probe.outside_root(cfg.input.dir, rel):
+            blocked[rel] = probe.classify(cfg.input.dir, rel, cfg.input.max_pixels, False)
+        elif probe.special_file(cfg.input.dir / rel):
+            blocked[rel] = ("not_a_file", "not a regular file (a FIFO, socket or device)")
     size = cfg.output.rows_per_part
     first = store.next_index()
     parts = [_Part(first + k, todo[i:i + size]) for k, i in enumerate(range(0, len(todo), size))]

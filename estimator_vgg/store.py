@@ -12,6 +12,7 @@ chosen moments; it does nothing unless set.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -71,7 +72,19 @@ class Store:
         return self.manifest["parts"]
 
     def open(self, fingerprint: dict, config: dict, overwrite: bool) -> None:
-        """Start or resume; refuse an output made with other settings unless overwriting."""
+        """Start or resume; refuse an output made with other settings unless overwriting.
+
+        Holds an exclusive lock on `<output.dir>/.lock` until the process ends, so two runs
+        can never write the same output at once.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.dir / ".lock", "a")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputError(f"another run is writing to output.dir {self.dir} (it holds "
+                              f"{self.dir / '.lock'}); wait for it to finish, or use another "
+                              f"output.dir") from None
         path = self.dir / MANIFEST
         if overwrite:
             self._clear()
@@ -101,11 +114,11 @@ class Store:
         self._write_manifest()
 
     def _clear(self) -> None:
+        (self.dir / MANIFEST).unlink(missing_ok=True)  # first: its parts are gone from now on
         for d in (writer.FEATURES, writer.ERRORS):
             if (self.dir / d).exists():
                 log.info("output.overwrite: deleting %s", self.dir / d)
                 shutil.rmtree(self.dir / d)
-        (self.dir / MANIFEST).unlink(missing_ok=True)
 
     def _remove_uncommitted(self) -> None:
         """Delete temporary files and parts the manifest does not list (a killed run's)."""

@@ -115,7 +115,7 @@ def read_part_paths(out_dir: Path, fmt: str, index: int) -> List[str]:
         paths = paths.column("path").to_pylist()
     elif fmt == "npy":
         text = (d / FEATURES / f"{name}.paths.jsonl").read_text(encoding="utf-8")
-        paths = [json.loads(line) for line in text.splitlines()]
+        paths = [json.loads(line) for line in text.split("\n") if line]
     else:
         with open(d / FEATURES / f"{name}.csv", encoding="utf-8", newline="") as f:
             reader = csv.reader(f)
@@ -126,7 +126,15 @@ def read_part_paths(out_dir: Path, fmt: str, index: int) -> List[str]:
 
 
 def _part_files(out_dir: Path) -> Tuple[str, List[Path]]:
+    """The committed features parts, in order: those the manifest lists (files of a run that
+    was killed are left out); without a manifest, every part file found."""
     d = Path(out_dir) / FEATURES
+    manifest = Path(out_dir) / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+        fmt = m["fingerprint"]["output_format"]
+        ext = {"parquet": ".parquet", "npy": ".npy", "csv": ".csv"}[fmt]
+        return fmt, [d / f"{part_name(p['index'])}{ext}" for p in m["parts"]]
     if not d.is_dir():
         raise FileNotFoundError(f"{out_dir} has no {FEATURES}/ folder: not an estimator-vgg "
                                 f"output, or nothing was written yet")
@@ -146,8 +154,8 @@ def _read_part(fmt: str, f: Path) -> Tuple[List[str], np.ndarray]:
         return t.column("path").to_pylist(), fc7.astype(np.float32, copy=False)
     if fmt == "npy":
         index = f.with_name(f.name[:-len(".npy")] + ".paths.jsonl")
-        paths = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines()]
-        return paths, np.load(f)
+        text = index.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.split("\n") if line], np.load(f)
     import pandas as pd
     df = pd.read_csv(f, dtype={"path": str}, keep_default_na=False)
     return df["path"].tolist(), df.iloc[:, 1:].to_numpy(np.float32)

@@ -36,7 +36,8 @@ def test_command_line_overrides_beat_the_file_and_are_read_as_yaml(tmp_path, mon
                       ["devices.cpus=3", "output.format=csv", "output.dir=elsewhere"])
     assert cfg.devices.cpus == 3 and cfg.towers == 3 and cfg.output.format == "csv"
     assert cfg.output.dir == tmp_path / "elsewhere"
-    cfg = load_config(minimal(tmp_path), ["devices.gpus=[0, 2]"])
+    cfg = load_config(minimal(tmp_path), ["output.dir=010", "devices.gpus=[0, 2]"])
+    assert cfg.output.dir == tmp_path / "010"  # a path override is taken as typed
     assert cfg.devices.gpus == (0, 2) and cfg.towers == 2
 
 

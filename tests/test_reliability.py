@@ -253,3 +253,75 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["fingerprint"]["preprocessing"]["resize"] == "squash"
     assert len(manifest["runs"]) == 1
+
+
+# ---- found in review: odd names, other folders, two runs at once, special files ----------
+
+def test_a_name_that_is_not_utf8_gets_an_escaped_path_and_is_done_once(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    raw = os.path.join(os.fsencode(imgs), b"caf\\xe9.jpg")
+    shutil.copy(DEMO / "coffee_small.jpg", os.fsdecode(raw))
+    out = tmp_path / "out"
+    r = job(tmp_path, imgs, out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert pd.read_parquet(out / "features")["path"].tolist() == ["caf\\\\xe9.jpg"]
+    r = job(tmp_path, imgs, out)
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+
+
+def test_another_input_folder_is_not_mixed_into_an_output(tmp_path):
+    for name in ("cam1", "cam2"):
+        (tmp_path / name).mkdir()
+        shutil.copy(DEMO / "coffee_small.jpg", tmp_path / name / "IMG_0001.jpg")
+    out = tmp_path / "out"
+    assert job(tmp_path, tmp_path / "cam1", out).returncode == 0
+    r = job(tmp_path, tmp_path / "cam2", out)
+    assert r.returncode == 1 and "input_dir:" in r.stderr and "cam2" in r.stderr
+
+
+def test_two_runs_cannot_write_one_output_at_once(tmp_path):
+    from estimator_vgg.store import OutputError, Store
+
+    first = Store(tmp_path / "out", "parquet")
+    first.open({"x": 1}, {}, overwrite=False)
+    with pytest.raises(OutputError, match="another run is writing to output.dir"):
+        Store(tmp_path / "out", "parquet").open({"x": 1}, {}, overwrite=False)
+
+
+def test_a_fifo_named_like_an_image_is_an_error_row_not_a_hang(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(DEMO / "coffee_small.jpg", imgs / "a.jpg")
+    os.mkfifo(imgs / "pipe.jpg")
+    r = job(tmp_path, imgs, tmp_path / "out")
+    assert r.returncode == 3, r.stderr[-2000:]
+    errors = pd.read_parquet(tmp_path / "out" / "errors")
+    assert errors["reason"].tolist() == ["not_a_file"]
+
+
+def test_an_unlistable_folder_stops_the_listing_naming_it(tmp_path, monkeypatch):
+    from estimator_vgg.listing import ListingError, list_images
+
+    (tmp_path / "locked").mkdir()
+    real = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ListingError, match="cannot list .*locked under input.dir"):
+        list_images(tmp_path, ["jpg"])
+
+
+def test_readers_ignore_parts_a_killed_run_left_uncommitted(crash_inputs, tmp_path):
+    from estimator_vgg import read_features
+
+    out = tmp_path / "out"
+    killed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2", fault="part_files:2")
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / "features" / "part-00001.parquet").exists()  # renamed, not yet listed
+    paths, _ = read_features(out)
+    assert len(paths) == len(pd.read_parquet(out / "features" / "part-00000.parquet"))
