@@ -260,12 +260,12 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path):
 def test_a_name_that_is_not_utf8_gets_an_escaped_path_and_is_done_once(tmp_path):
     imgs = tmp_path / "imgs"
     imgs.mkdir()
-    raw = os.path.join(os.fsencode(imgs), b"caf\\xe9.jpg")
+    raw = os.path.join(os.fsencode(imgs), b"caf\xe9.jpg")
     shutil.copy(DEMO / "coffee_small.jpg", os.fsdecode(raw))
     out = tmp_path / "out"
     r = job(tmp_path, imgs, out)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert pd.read_parquet(out / "features")["path"].tolist() == ["caf\\\\xe9.jpg"]
+    assert pd.read_parquet(out / "features")["path"].tolist() == ["caf\\xe9.jpg"]
     r = job(tmp_path, imgs, out)
     assert r.returncode == 0 and "nothing to do" in r.stdout
 
