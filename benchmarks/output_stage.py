@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from estimator_vgg.writer import read_features, write_errors, write_features  # noqa: E402
+from estimator_vgg.store import Store  # noqa: E402
+from estimator_vgg.writer import read_features  # noqa: E402
 
 BATCH = 32
 PART = 1024
@@ -29,13 +30,15 @@ def fake_rows(n: int, rng) -> np.ndarray:
 
 
 def ours_write(out: Path, n: int) -> float:
+    """The job's commits: features part, errors part, manifest, per part of 1024 rows."""
     rng = np.random.default_rng(0)
     start = time.perf_counter()
+    store = Store(out, "parquet")
+    store.open({"output_format": "parquet", "benchmark": "output_stage"}, {}, overwrite=False)
     for index, lo in enumerate(range(0, n, PART)):
         hi = min(lo + PART, n)
-        write_features(out, "parquet", index, [f"img/{i:08d}.jpg" for i in range(lo, hi)],
-                       fake_rows(hi - lo, rng))
-        write_errors(out, index, [])
+        store.commit(index, [f"img/{i:08d}.jpg" for i in range(lo, hi)],
+                     fake_rows(hi - lo, rng), [])
     return time.perf_counter() - start
 
 

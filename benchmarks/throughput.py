@@ -305,8 +305,8 @@ def report(results: dict, args) -> None:
             for k, v in results.items()}
     mem = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in results.items()}
     print(f"\n{args.images} JPEGs, {args.reps} alternated reps, medians; batch {BATCH}, 1 tower")
-    print(f"| method | precision (decode: threads) | images/s | vs its ceiling | peak memory MB |")
-    print(f"| --- | --- | ---: | ---: | ---: |")
+    print("| method | precision (decode: threads) | images/s | vs its ceiling | peak memory MB |")
+    print("| --- | --- | ---: | ---: | ---: |")
     for (m, p), r in rate.items():
         ceil = rate.get(("ceiling", p))
         ratio = f"{r / ceil:.2f}x" if ceil else ""

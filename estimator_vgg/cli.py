@@ -119,17 +119,14 @@ def run_main(argv: List[str]) -> int:
     try:
         with logging_redirect_tqdm():
             summary = run(cfg, progress=for_stream(sys.stderr))
-    except (JobError, DeviceError, WeightsError, OutputError, ListingError) as e:
+    except (JobError, DeviceError, WeightsError, OutputError, ListingError, OSError,
+            tf.errors.OpError) as e:  # OSError, OpError: a full disk, a lost mount, a device map
         if args.verbose:
             log.exception("failed")
-        print(f"estimator-vgg: error: {e}", file=sys.stderr)
-        return 1
-    except (OSError, tf.errors.OpError) as e:  # a full disk, a lost mount, a device map
-        if args.verbose:
-            log.exception("failed")
-        print(f"estimator-vgg: error: {getattr(e, 'message', None) or e}. The parts written so "
-              f"far are kept: rerun the same command to resume (-v shows the traceback)",
-              file=sys.stderr)
+        ours = isinstance(e, (JobError, DeviceError, WeightsError, OutputError, ListingError))
+        hint = "" if ours else (". The parts written so far are kept: rerun the same command "
+                                "to resume (-v shows the traceback)")
+        print(f"estimator-vgg: error: {getattr(e, 'message', None) or e}{hint}", file=sys.stderr)
         return 1
     print(summary_text(summary, cfg.output.format))
     if summary.error_count / summary.files > cfg.input.max_error_fraction:

@@ -150,7 +150,6 @@ class Config:
         return out
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "source"}
 _SECTIONS = {"input": InputConfig, "preprocess": PreprocessConfig, "model": ModelConfig,
              "devices": DevicesConfig, "output": OutputConfig}
 

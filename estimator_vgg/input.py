@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Callable, Optional, Sequence
 
@@ -36,7 +37,7 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
         raise ValueError(f"input_fn: part_sizes {sizes[:5]}... do not add up to {len(paths)}")
     files = [os.fsencode(os.path.join(root, p)) for p in paths]
     keys = [p.encode("utf-8", "surrogateescape") for p in paths]
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]  # cheap next to reading the images
+    starts = [0, *itertools.accumulate(sizes)][:-1]
     batch = cfg.devices.batch_size * cfg.towers
     i = cfg.input
     policy, antialias, max_pixels = cfg.preprocess.resize, cfg.preprocess.antialias, i.max_pixels

@@ -10,7 +10,6 @@ of the number of rows.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from estimator_vgg.writer import iter_parts
+from estimator_vgg.writer import iter_parts, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +40,10 @@ def _unit(m: np.ndarray) -> np.ndarray:
 
 
 def manifest_of(out_dir: Path) -> dict:
-    f = Path(out_dir) / "manifest.json"
-    if not f.is_file():
+    manifest = read_manifest(out_dir)
+    if manifest is None:
         raise SearchError(f"{out_dir} has no manifest.json: not an estimator-vgg output folder")
-    return json.loads(f.read_text(encoding="utf-8"))
+    return manifest
 
 
 def input_root(out_dir: Path) -> Path:
@@ -135,31 +134,35 @@ def duplicate_groups(out_dir: Path, threshold: float) -> List[List[Match]]:
 
     Each member's score is its best similarity to another member of its group.
     """
-    parts = [paths for paths, _ in iter_parts(out_dir)]  # a first pass for the row names
-    offsets = np.cumsum([0] + [len(p) for p in parts])
-    names = [p for paths in parts for p in paths]
-    parent = list(range(len(names)))
+    names: List[str] = []
+    parent: Dict[int, int] = {}  # union-find over global row numbers
     best: Dict[int, float] = {}
 
     def find(i: int) -> int:
+        parent.setdefault(i, i)
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
 
-    for a, (_, fa) in enumerate(iter_parts(out_dir)):
+    def link(sims: np.ndarray, start_a: int, start_b: int) -> None:
+        for i, j in zip(*np.nonzero(sims >= threshold)):
+            gi, gj = start_a + int(i), start_b + int(j)
+            s = float(sims[i, j])
+            best[gi] = max(best.get(gi, -1.0), s)
+            best[gj] = max(best.get(gj, -1.0), s)
+            parent[find(gi)] = find(gj)
+
+    for a, (paths_a, fa) in enumerate(iter_parts(out_dir)):
+        start_a = len(names)
+        names.extend(paths_a)
         ua = _unit(fa)
-        for b, (_, fb) in enumerate(iter_parts(out_dir, skip=a), start=a):
-            ub = ua if b == a else _unit(fb)
-            sims = ua @ ub.T
-            if a == b:
-                sims = np.triu(sims, k=1) + np.tril(np.full_like(sims, -np.inf))
-            for i, j in zip(*np.nonzero(sims >= threshold)):
-                gi, gj = int(offsets[a] + i), int(offsets[b] + j)
-                s = float(sims[i, j])
-                best[gi] = max(best.get(gi, -1.0), s)
-                best[gj] = max(best.get(gj, -1.0), s)
-                parent[find(gi)] = find(gj)
+        within = ua @ ua.T  # each pair once: above the diagonal
+        link(np.triu(within, k=1) + np.tril(np.full_like(within, -np.inf)), start_a, start_a)
+        start_b = start_a + len(paths_a)
+        for paths_b, fb in iter_parts(out_dir, skip=a + 1):
+            link(ua @ _unit(fb).T, start_a, start_b)
+            start_b += len(paths_b)
     groups: Dict[int, List[int]] = {}
     for i in best:
         groups.setdefault(find(i), []).append(i)

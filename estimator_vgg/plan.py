@@ -4,15 +4,13 @@ Backs `estimator-vgg CONFIG --dry-run`; imports neither TensorFlow nor the model
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
 
 from estimator_vgg.config import Config
 from estimator_vgg.listing import display_path, list_images
-from estimator_vgg.store import MANIFEST
-from estimator_vgg.writer import read_part_paths
+from estimator_vgg.writer import committed_paths, read_manifest
 
 IMAGENET_CACHE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 
@@ -33,21 +31,18 @@ def dry_run(cfg: Config) -> str:
     listing = list_images(cfg.input.dir, cfg.input.extensions)
     by_ext = Counter(os.path.splitext(p)[1].lower().lstrip(".") for p in listing)
     done = set()
-    manifest_file = cfg.output.dir / MANIFEST
+    manifest = read_manifest(cfg.output.dir)
     state = "new output"
     if cfg.output.overwrite:
         state = "output.overwrite: existing features, errors and manifest would be deleted"
-    elif manifest_file.is_file():
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        fmt = manifest["fingerprint"]["output_format"]
-        for part in manifest["parts"]:
-            done.update(read_part_paths(cfg.output.dir, fmt, part["index"]))
+    elif manifest is not None:
+        done = committed_paths(cfg.output.dir, manifest)
         state = (f"resuming ({len(manifest['parts'])} parts committed; weights and "
                  f"preprocessing are checked against the manifest when the job starts)")
     todo = sum(1 for p in listing if display_path(p) not in done)
     devices = cfg.devices.device_names()
     lines = [
-        f"dry run: nothing is read, converted or written",
+        "dry run: nothing is read, converted or written",
         f"  input.dir    {cfg.input.dir}",
         f"  files        {len(listing)}  (" + ", ".join(f"{e}: {n}" for e, n in
                                                      sorted(by_ext.items())) + ")",

@@ -5,6 +5,8 @@ the good path never pays for it.
 """
 from __future__ import annotations
 
+import functools
+from collections import Counter
 import os
 import re
 from pathlib import Path
@@ -17,9 +19,6 @@ _UNSUPPORTED = [
 ]
 _SUPPORTED = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM")
 
-REASONS = ("dangling_symlink", "symlink_outside_root", "missing", "permission_denied",
-           "not_a_file", "read_error", "empty_file", "unsupported_format", "not_an_image",
-           "too_large", "decode_error")
 
 
 def special_file(path: os.PathLike) -> bool:
@@ -32,10 +31,15 @@ def special_file(path: os.PathLike) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+@functools.lru_cache(maxsize=8)
+def _real(root: str) -> str:
+    return os.path.realpath(root)
+
+
 def outside_root(root: Path, rel: str) -> bool:
     """Whether `rel` is a symlink (or under one) whose target lies outside `root`."""
     target = os.path.realpath(os.path.join(root, rel))
-    real_root = os.path.realpath(root)
+    real_root = _real(str(root))  # once per root, not once per file
     return os.path.commonpath([target, real_root]) != real_root
 
 
@@ -97,7 +101,5 @@ def _decode_failure(path: str, max_pixels: int) -> Tuple[str, str]:
 
 
 def reason_counts(errors) -> dict:
-    out: dict = {}
-    for _, reason, _ in errors:
-        out[reason] = out.get(reason, 0) + 1
-    return dict(sorted(out.items()))
+    """{reason: count} of (path, reason, message) rows, sorted by reason."""
+    return dict(sorted(Counter(reason for _, reason, _ in errors).items()))

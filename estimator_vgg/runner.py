@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections import Counter
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from estimator_vgg.estimator import build_estimator, tower_devices
 from estimator_vgg.input import input_fn
 from estimator_vgg.listing import display_path, list_images
 from estimator_vgg.store import Store, fault
+from estimator_vgg.writer import ERRORS, part_name
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +58,13 @@ class Summary:
         return self.new_features / self.seconds if self.seconds else 0.0
 
 
-def fingerprint(cfg: Config, prepared: weights.PreparedWeights) -> dict:
+def fingerprint(cfg: Config, located: weights.Located) -> dict:
     """What the features depend on; an output made with another fingerprint is not resumed."""
     return {
         "model": "vgg16/fc7",
         "precision": cfg.model.precision,
-        "weights_sha256": prepared.sha256,
-        "synthetic_weights": prepared.synthetic,
+        "weights_sha256": located.sha256,
+        "synthetic_weights": located.synthetic,
         "preprocessing": {"recipe": PREPROCESS_RECIPE, "resize": cfg.preprocess.resize,
                           "antialias": cfg.preprocess.antialias,
                           "image_size": preprocess.IMAGE_SIZE,
@@ -110,8 +112,8 @@ class _Accountant:
             reason, message = probe.classify(self.cfg.input.dir, rel, self.cfg.input.max_pixels,
                                              self.cfg.input.follow_external_symlinks)
         log.warning("%s: %s (%s)", display_path(rel), reason, message)
-        part.errors.append((display_path(rel), reason, message))
-        self.errors.append((display_path(rel), reason, message))
+        part.errors.append((rel, reason, message))
+        self.errors.append((rel, reason, message))
 
     def _commit_full_parts(self) -> None:
         while (self.current < len(self.parts)
@@ -145,7 +147,7 @@ class _Accountant:
                 part.pos += 1
                 self._commit_full_parts()
                 part = self.parts[self.current]
-        part.paths.append(display_path(rel))
+        part.paths.append(rel)
         part.fc7.append(fc7[None, :])
         part.pos += 1
         self.features += 1
@@ -186,9 +188,9 @@ def run(cfg: Config, progress=None) -> Summary:
         raise JobError(f"input.dir {cfg.input.dir} holds no file with an image extension "
                        f"({', '.join(cfg.input.extensions)}); check the folder or "
                        f"input.extensions")
-    prepared = weights.prepare(cfg.model)
+    located = weights.locate(cfg.model)  # hashed for the fingerprint; converted only if needed
     store = Store(cfg.output.dir, cfg.output.format)
-    store.open(fingerprint(cfg, prepared), cfg.to_dict(), cfg.output.overwrite)
+    store.open(fingerprint(cfg, located), cfg.to_dict(), cfg.output.overwrite)
     done = store.done_paths()
     todo = [p for p in listing if display_path(p) not in done]
     feats_before = sum(p["features"] for p in store.parts)
@@ -219,16 +221,17 @@ def run(cfg: Config, progress=None) -> Summary:
 
     first_batch_s = 0.0
     flat = [f for files in feed for f in files]
-    if flat:
-        est = build_estimator(cfg, prepared)
-        log.info("towers: %s, %d images per step, %d parts of up to %d images",
-                 ", ".join(tower_devices(cfg.devices)), cfg.devices.batch_size * cfg.towers,
-                 len(parts), size)
-        predictions = est.predict(
-            input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
-            yield_single_examples=False, checkpoint_path=prepared.checkpoint)
-        progress.start(len(todo))
-        try:
+    progress.start(len(todo))
+    try:
+        if flat:
+            prepared = weights.prepare(cfg.model, located)
+            est = build_estimator(cfg, prepared)
+            log.info("towers: %s, %d images per step, %d parts of up to %d images",
+                     ", ".join(tower_devices(cfg.devices)), cfg.devices.batch_size * cfg.towers,
+                     len(parts), size)
+            predictions = est.predict(
+                input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
+                yield_single_examples=False, checkpoint_path=prepared.checkpoint)
             for batch in predictions:
                 fault("batch")
                 if not first_batch_s:
@@ -238,11 +241,10 @@ def run(cfg: Config, progress=None) -> Summary:
                     accountant.row(key.decode("utf-8", "surrogateescape"), row)
                 progress.update(accountant.features + len(accountant.errors),
                                 len(accountant.errors))
-            accountant.finish()
-            progress.update(len(todo), len(accountant.errors))
-        finally:
-            progress.close()
-    accountant.finish()
+        accountant.finish()  # what the stream did not deliver failed, or was never fed
+        progress.update(len(todo), len(accountant.errors))
+    finally:
+        progress.close()
     accountant.check_error_fraction(final=True)
     seconds = time.time() - start
     counts = _error_counts(store)
@@ -259,10 +261,9 @@ def _error_counts(store: Store) -> Dict[str, int]:
     """Errors by reason over every committed part."""
     import pyarrow.parquet as pq
 
-    d = store.dir / "errors"
-    reasons: List[str] = []
+    reasons: Counter = Counter()
     for p in store.parts:
         if p["errors"]:
-            t = pq.read_table(d / f"part-{p['index']:05d}.parquet", columns=["reason"])
-            reasons += t.column("reason").to_pylist()
-    return {r: reasons.count(r) for r in sorted(set(reasons))}
+            f = store.dir / ERRORS / f"{part_name(p['index'])}.parquet"
+            reasons.update(pq.read_table(f, columns=["reason"]).column("reason").to_pylist())
+    return dict(sorted(reasons.items()))

@@ -24,10 +24,11 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 from estimator_vgg import writer
+from estimator_vgg.listing import display_path
+from estimator_vgg.writer import MANIFEST
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 _fault_counts: Dict[str, int] = {}
 
@@ -133,21 +134,21 @@ class Store:
                     f.unlink()
 
     def done_paths(self) -> Set[str]:
-        done: Set[str] = set()
-        for p in self.parts:
-            done.update(writer.read_part_paths(self.dir, self.fmt, p["index"]))
-        return done
+        return writer.committed_paths(self.dir, self.manifest)
 
     def next_index(self) -> int:
         return max((p["index"] for p in self.parts), default=-1) + 1
 
     def commit(self, index: int, paths: Sequence[str], fc7: Optional[np.ndarray],
                errors: Sequence[Tuple[str, str, str]]) -> None:
-        """Write part `index` (features and errors) and then list it in the manifest."""
+        """Write part `index` (features and errors) and then list it in the manifest.
+
+        Paths are written in their display form (listing.display_path): the tables hold UTF-8.
+        """
         matrix = fc7 if fc7 is not None else np.zeros((0, writer.FC7_DIM), np.float32)
-        writer.write_features(self.dir, self.fmt, index, paths, matrix,
-                              before_rename=lambda: fault("features_tmp"))
-        writer.write_errors(self.dir, index, errors)
+        writer.write_features(self.dir, self.fmt, index, [display_path(p) for p in paths],
+                              matrix, before_rename=lambda: fault("features_tmp"))
+        writer.write_errors(self.dir, index, [(display_path(p), r, m) for p, r, m in errors])
         fault("part_files")
         self.parts.append({"index": index, "features": len(paths), "errors": len(errors)})
         self._write_manifest()
@@ -163,6 +164,5 @@ class Store:
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.manifest, indent=2, ensure_ascii=False).encode("utf-8")
         writer.commit_file(self.dir / MANIFEST, lambda f: f.write(text))

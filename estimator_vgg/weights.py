@@ -186,22 +186,38 @@ def write_checkpoint(arrays: Arrays, prefix: Path) -> str:
             return saver.save(sess, str(prefix), global_step=0, write_meta_graph=False)
 
 
-def _locate(model_cfg) -> Tuple[str, str, Optional[Path]]:
-    """(source, sha256, file or None) for the configured weights, without reading them."""
+@dataclass(frozen=True)
+class Located:
+    """The configured weights identified (file and sha256), not yet read or converted."""
+    source: str             # `imagenet`, `synthetic`, or the file's path
+    sha256: str             # of the file; for `synthetic`, of its recipe
+    path: Optional[Path]    # None for `synthetic`
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "synthetic"
+
+
+def locate(model_cfg) -> Located:
+    """Find (downloading `imagenet` if needed) and hash the configured weights."""
     w = model_cfg.weights
     if w == "synthetic":
         recipe = f"synthetic seed={model_cfg.seed} recipe={SYNTHETIC_RECIPE}"
-        return "synthetic", hashlib.sha256(recipe.encode()).hexdigest(), None
+        return Located("synthetic", hashlib.sha256(recipe.encode()).hexdigest(), None)
     path = imagenet_file() if w == "imagenet" else Path(w)
     if not path.is_file():
         raise WeightsError(f"model.weights: file {path} does not exist")
-    return w, sha256_file(path), path
+    return Located(w, sha256_file(path), path)
 
 
-def prepare(model_cfg) -> PreparedWeights:
-    """The checkpoint for `model_cfg.weights`, converting the source the first time it is seen."""
-    source, digest, path = _locate(model_cfg)
-    synthetic = source == "synthetic"
+def prepare(model_cfg, located: Optional[Located] = None) -> PreparedWeights:
+    """The checkpoint for `model_cfg.weights`, converting the source the first time it is seen.
+
+    Pass `located` when the weights were located (hashed) already.
+    """
+    located = located or locate(model_cfg)
+    source, digest, path = located.source, located.sha256, located.path
+    synthetic = located.synthetic
     if synthetic:
         log.warning("model.weights is `synthetic`: deterministic random weights from seed %d. "
                     "The output is NOT ImageNet fc7; use it only to test the pipeline.",

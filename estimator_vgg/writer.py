@@ -16,14 +16,15 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 FEATURES = "features"
 ERRORS = "errors"
+MANIFEST = "manifest.json"
 FC7_DIM = 4096
-SUFFIXES = {"parquet": (".parquet",), "npy": (".paths.jsonl", ".npy"), "csv": (".csv",)}
+_EXT = {"parquet": ".parquet", "npy": ".npy", "csv": ".csv"}
 
 
 def part_name(index: int) -> str:
@@ -42,8 +43,8 @@ def commit_file(final: Path, write: Callable, before_rename: Callable = lambda: 
 
 
 def write_features(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
-                   matrix: np.ndarray, before_rename: Callable = lambda: None) -> List[Path]:
-    """Write one features part; return its files (the last one written is the part's marker)."""
+                   matrix: np.ndarray, before_rename: Callable = lambda: None) -> None:
+    """Write one features part (for npy, the path index first, then the matrix)."""
     d = Path(out_dir) / FEATURES
     d.mkdir(parents=True, exist_ok=True)
     name = part_name(index)
@@ -75,10 +76,9 @@ def write_features(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
         raise ValueError(f"unknown output format {fmt!r}")
     for final, write in files:
         commit_file(final, write, before_rename)
-    return [f for f, _ in files]
 
 
-def write_errors(out_dir: Path, index: int, rows: Sequence[Tuple[str, str, str]]) -> Path:
+def write_errors(out_dir: Path, index: int, rows: Sequence[Tuple[str, str, str]]) -> None:
     """Write one errors part (possibly empty, so `read_parquet(<dir>/errors)` always works)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -88,20 +88,24 @@ def write_errors(out_dir: Path, index: int, rows: Sequence[Tuple[str, str, str]]
     table = pa.table({"path": pa.array([r[0] for r in rows], pa.string()),
                       "reason": pa.array([r[1] for r in rows], pa.string()),
                       "message": pa.array([r[2] for r in rows], pa.string())})
-    final = d / f"{part_name(index)}.parquet"
-    commit_file(final, lambda f: pq.write_table(table, f))
-    return final
+    commit_file(d / f"{part_name(index)}.parquet", lambda f: pq.write_table(table, f))
 
 
-def part_files(out_dir: Path, index: int) -> List[Path]:
-    """Every file a part may have left, whole or temporary, in any format."""
-    name = part_name(index)
-    out = []
-    for sub in (FEATURES, ERRORS):
-        d = Path(out_dir) / sub
-        if d.is_dir():
-            out += [p for p in d.iterdir() if p.name.startswith(name + ".")]
-    return out
+def _read_jsonl(f: Path) -> List[str]:
+    # split("\n"), not splitlines(): a name may hold U+2028, which JSON leaves unescaped
+    return [json.loads(line) for line in f.read_text(encoding="utf-8").split("\n") if line]
+
+
+def read_manifest(out_dir: Path) -> Optional[dict]:
+    """The output's manifest.json (the list of committed parts), or None if there is none."""
+    f = Path(out_dir) / MANIFEST
+    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
+
+
+def committed_paths(out_dir: Path, manifest: dict) -> Set[str]:
+    """Every path in the committed parts, features and errors alike."""
+    fmt = manifest["fingerprint"]["output_format"]
+    return {p for part in manifest["parts"] for p in read_part_paths(out_dir, fmt, part["index"])}
 
 
 def read_part_paths(out_dir: Path, fmt: str, index: int) -> List[str]:
@@ -114,8 +118,7 @@ def read_part_paths(out_dir: Path, fmt: str, index: int) -> List[str]:
         paths = pq.read_table(d / FEATURES / f"{name}.parquet", columns=["path"])
         paths = paths.column("path").to_pylist()
     elif fmt == "npy":
-        text = (d / FEATURES / f"{name}.paths.jsonl").read_text(encoding="utf-8")
-        paths = [json.loads(line) for line in text.split("\n") if line]
+        paths = _read_jsonl(d / FEATURES / f"{name}.paths.jsonl")
     else:
         with open(d / FEATURES / f"{name}.csv", encoding="utf-8", newline="") as f:
             reader = csv.reader(f)
@@ -125,25 +128,17 @@ def read_part_paths(out_dir: Path, fmt: str, index: int) -> List[str]:
     return paths + errors.column("path").to_pylist()
 
 
-def _part_files(out_dir: Path) -> Tuple[str, List[Path]]:
-    """The committed features parts, in order: those the manifest lists (files of a run that
-    was killed are left out); without a manifest, every part file found."""
+def _committed_parts(out_dir: Path) -> Tuple[str, List[Tuple[Path, int]]]:
+    """(format, [(features file, rows)]) of the parts the manifest lists, in order; files a
+    killed run left behind are not listed, so readers never see them."""
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{out_dir} has no {MANIFEST}: not an estimator-vgg output, or "
+                                f"nothing was written yet")
+    fmt = manifest["fingerprint"]["output_format"]
     d = Path(out_dir) / FEATURES
-    manifest = Path(out_dir) / "manifest.json"
-    if manifest.is_file():
-        m = json.loads(manifest.read_text(encoding="utf-8"))
-        fmt = m["fingerprint"]["output_format"]
-        ext = {"parquet": ".parquet", "npy": ".npy", "csv": ".csv"}[fmt]
-        return fmt, [d / f"{part_name(p['index'])}{ext}" for p in m["parts"]]
-    if not d.is_dir():
-        raise FileNotFoundError(f"{out_dir} has no {FEATURES}/ folder: not an estimator-vgg "
-                                f"output, or nothing was written yet")
-    found = {fmt: sorted(d.glob(f"part-*[0-9]{ext}"))
-             for fmt, ext in (("parquet", ".parquet"), ("npy", ".npy"), ("csv", ".csv"))}
-    formats = [fmt for fmt, files in found.items() if files]
-    if len(formats) > 1:
-        raise ValueError(f"{d} mixes output formats ({', '.join(formats)})")
-    return (formats[0], found[formats[0]]) if formats else ("parquet", [])
+    return fmt, [(d / f"{part_name(p['index'])}{_EXT[fmt]}", p["features"])
+                 for p in manifest["parts"]]
 
 
 def _read_part(fmt: str, f: Path) -> Tuple[List[str], np.ndarray]:
@@ -153,9 +148,7 @@ def _read_part(fmt: str, f: Path) -> Tuple[List[str], np.ndarray]:
         fc7 = t.column("fc7").combine_chunks().flatten().to_numpy().reshape(-1, FC7_DIM)
         return t.column("path").to_pylist(), fc7.astype(np.float32, copy=False)
     if fmt == "npy":
-        index = f.with_name(f.name[:-len(".npy")] + ".paths.jsonl")
-        text = index.read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.split("\n") if line], np.load(f)
+        return _read_jsonl(f.with_name(f.name[:-len(".npy")] + ".paths.jsonl")), np.load(f)
     import pandas as pd
     df = pd.read_csv(f, dtype={"path": str}, keep_default_na=False)
     return df["path"].tolist(), df.iloc[:, 1:].to_numpy(np.float32)
@@ -167,39 +160,22 @@ def iter_parts(out_dir: Path, skip: int = 0) -> Iterator[Tuple[List[str], np.nda
     One part in memory at a time: for outputs larger than memory. `skip` passes over the
     first parts without reading them.
     """
-    fmt, files = _part_files(out_dir)
-    for f in files[skip:]:
+    fmt, parts = _committed_parts(out_dir)
+    for f, _ in parts[skip:]:
         yield _read_part(fmt, f)
-
-
-def _rows(fmt: str, f: Path) -> int:
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-        return pq.ParquetFile(f).metadata.num_rows
-    if fmt == "npy":
-        return int(np.load(f, mmap_mode="r").shape[0])
-    return -1
 
 
 def read_features(out_dir: Path) -> Tuple[List[str], np.ndarray]:
     """All rows of an output: (paths, fc7 float32 [n, 4096]), in the table's order.
 
-    The matrix is allocated once from the parts' row counts and filled part by part, so the
-    peak memory is the matrix plus one part (no per-row Python loop, no final concatenate).
+    The matrix is allocated once from the manifest's row counts and filled part by part, so
+    the peak memory is the matrix plus one part (no per-row Python loop, no final concatenate).
     """
-    fmt, files = _part_files(out_dir)
-    counts = [_rows(fmt, f) for f in files]
-    if fmt == "csv":  # no row count without reading: the compatibility format pays for it
-        parts = [_read_part(fmt, f) for f in files]
-        paths = [p for ps, _ in parts for p in ps]
-        return paths, np.concatenate([m for _, m in parts] or
-                                     [np.zeros((0, FC7_DIM), np.float32)])
-    matrix = np.empty((sum(counts), FC7_DIM), np.float32)
+    fmt, parts = _committed_parts(out_dir)
+    matrix = np.empty((sum(n for _, n in parts), FC7_DIM), np.float32)
     paths: List[str] = []
-    row = 0
-    for f, n in zip(files, counts):
+    for f, n in parts:
         ps, m = _read_part(fmt, f)
-        matrix[row:row + n] = m
+        matrix[len(paths):len(paths) + n] = m
         paths.extend(ps)
-        row += n
     return paths, matrix

@@ -3,7 +3,7 @@ same weights, for every weights format, 1-3 towers and batch sizes 1-5."""
 import numpy as np
 import pytest
 
-from conftest import DEMO, make_config, rel_diff
+from conftest import make_config, rel_diff
 
 FORMATS = ["keras215", "published", "npy"]
 

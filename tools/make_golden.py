@@ -27,7 +27,6 @@ TOLERANCE = 1e-4
 
 
 def main() -> None:
-    import tensorflow as tf
     from estimator_vgg.writer import read_features
 
     with tempfile.TemporaryDirectory() as tmp:
