@@ -44,7 +44,11 @@ def outside_root(root: Path, rel: str) -> bool:
 
 
 def _clean(message: str) -> str:
-    """TensorFlow's message without its `{{function_node ...}}` prefix and op suffix."""
+    """TensorFlow's message without its `{{function_node ...}}` prefix, op suffix, and the
+    Python stack of where the op was defined (graph mode: "Detected at node ... Node: 'x'"),
+    which says nothing about the file and differs from one process to the next."""
+    if "Detected at node" in message:
+        message = re.split(r"^Node: '[^']*'\s*$", message, flags=re.M)[-1]
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
     message = re.sub(r"\s*\[\[\{\{node [^\]]*\]\]", "", message)
     return re.sub(r"\s*\[Op:\w+\].*$", "", message, flags=re.S).strip()
