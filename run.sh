@@ -3,7 +3,8 @@
 # package with its pinned dependencies; later runs reuse it (and reinstall when setup.cfg or
 # pyproject.toml change).
 #   ./run.sh CONFIG.yaml [section.key=value ...]   run the job
-#   ./run.sh test [pytest args ...]                 run the test suite
+#   ./run.sh test [pytest args ...]                 run the test suite (installs Ray too)
+#   ESTIMATOR_VGG_RAY=1 ./run.sh CONFIG.yaml ...    also install Ray, for run.executor: ray
 #   PYTHON=/path/to/python3.11 ./run.sh ...         choose the interpreter for a new .venv
 #                                                   (delete .venv to switch interpreters)
 set -euo pipefail
@@ -40,9 +41,20 @@ pick_python() {
 
 stamp() { cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | cksum | cut -d' ' -f1; }
 
+# Extras to install: the tests need Ray (they start a Ray cluster); a job needs it only for
+# run.executor: ray, asked for with ESTIMATOR_VGG_RAY=1. Once installed, an extra stays.
+want_extras() {
+  if [ "${1:-}" = "test" ] || [ "${ESTIMATOR_VGG_RAY:-0}" = "1" ]; then echo "test,ray"
+  else echo "test"; fi
+}
+
 bootstrap() {
-  local want; want="$(stamp)"
-  if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.estimator-vgg-stamp" 2>/dev/null)" = "$want" ]; then
+  local want extras have_sum="" have_extras="" stampf="$VENV/.estimator-vgg-stamp"
+  want="$(stamp)"; extras="$(want_extras "${1:-}")"
+  if [ -f "$stampf" ]; then read -r have_sum have_extras < "$stampf" || true; fi
+  case ",${have_extras:-test}," in *,ray,*) extras="test,ray" ;; esac
+  if [ -x "$VENV/bin/python" ] && [ "$have_sum" = "$want" ] &&
+     [ "${have_extras:-test}" = "$extras" ]; then
     return 0
   fi
   local py; py="$(pick_python)"
@@ -50,26 +62,26 @@ bootstrap() {
     echo "run.sh: first use: creating $VENV with $py ($("$py" --version 2>&1))" >&2
     "$py" -m venv "$VENV"
   fi
-  echo "run.sh: installing estimator-vgg and its pinned dependencies (TensorFlow 2.15.1 is" \
-       "about 500 MB; this takes a few minutes once)" >&2
+  echo "run.sh: installing estimator-vgg[$extras] and its pinned dependencies (TensorFlow" \
+       "2.15.1 is about 500 MB; this takes a few minutes once)" >&2
   local logf="$VENV/install.log"
   if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
-         "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT[test]"; } \
+         "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT[$extras]"; } \
        >"$logf" 2>&1; then
     tail -n 30 "$logf" >&2
     echo "run.sh: installing the dependencies failed; the whole log is in $logf" >&2
     return 1
   fi
-  echo "$want" > "$VENV/.estimator-vgg-stamp"
+  echo "$want $extras" > "$stampf"
 }
 
 if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
   if [ -x "$VENV/bin/python" ]; then echo; exec "$VENV/bin/python" -m estimator_vgg --help; fi
   exit 0
 fi
 
-bootstrap
+bootstrap "$1"
 if [ "$1" = "test" ]; then
   shift
   cd "$ROOT"

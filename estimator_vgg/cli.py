@@ -148,7 +148,8 @@ def summary_text(s, fmt: str) -> str:
              f"  errors      {s.error_count}"]
     lines += [f"    {reason:<22} {n}" for reason, n in s.errors.items()]
     if not s.noop:
-        lines += [f"  wall time   {s.seconds:.1f} s (first batch after {s.first_batch_s:.1f} s)",
+        first = "first shard done" if s.executor == "ray" else "first batch"
+        lines += [f"  wall time   {s.seconds:.1f} s ({first} after {s.first_batch_s:.1f} s)",
                   f"  images/s    {s.images_per_s:.2f}"]
     lines.append(f"  output      {s.output} ({fmt}: features/, errors/, manifest.json)")
     if s.error_count:

@@ -21,6 +21,7 @@ RESIZE_POLICIES = ("center_crop", "squash")
 OUTPUT_FORMATS = ("parquet", "npy", "csv")
 NAMED_WEIGHTS = ("imagenet", "synthetic")
 PRECISIONS = ("float32", "bfloat16", "float16")
+EXECUTORS = ("local", "ray")
 # tif, tiff and webp are listed so that such files show up as `unsupported_format` errors
 # instead of being skipped unseen.
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp")
@@ -123,12 +124,42 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    address: Optional[str] = _doc("The Ray cluster to run on: `auto` joins the cluster this node "
+                                  "belongs to (started with `ray start`), `HOST:PORT` joins the "
+                                  "one whose head listens there, empty or null starts a "
+                                  "private local cluster for this run.", default=None)
+    cpus_per_task: float = _doc("CPUs each shard's task reserves on its node, beside the GPUs "
+                                "that `devices.gpus` names (for CPU towers, the cores it runs "
+                                "on). Ray counts them for scheduling; it does not pin threads.",
+                                default=1.0)
+    parts_per_shard: int = _doc("Consecutive output parts per Ray task. Each task pays a fixed "
+                                "start-up (graph build, weights restore; a fresh worker also "
+                                "imports TensorFlow), so a shard should take much longer than "
+                                "that: raise it for fast GPUs.", default=1)
+    max_retries: int = _doc("Times Ray reruns a shard whose worker process or node died; its "
+                            "part is written once either way. An error raised by the job itself "
+                            "(a config or weights problem) is not retried.", default=3)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    executor: str = _doc("`local`: this process, over the devices of this machine. `ray`: the "
+                         "listing is cut into the same parts as locally, and shards of "
+                         "`run.ray.parts_per_shard` parts each become a Ray task running the "
+                         "same Estimator job on its node's devices "
+                         "(needs the `ray` extra; see \"On a Ray cluster\").", default="local")
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     input: InputConfig = field(default_factory=InputConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    run: RunConfig = field(default_factory=RunConfig)
     source: Optional[Path] = None  # the YAML file this came from, if any
 
     @property
@@ -137,21 +168,39 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain, YAML-safe dict of the resolved config (for manifests)."""
-        out = {}
-        for sec in _SECTIONS:
-            out[sec] = {}
-            for f in dataclasses.fields(_SECTIONS[sec]):
-                v = getattr(getattr(self, sec), f.name)
-                if isinstance(v, Path):
-                    v = str(v)
-                elif isinstance(v, tuple):
-                    v = list(v)
-                out[sec][f.name] = v
-        return out
+        return {sec: _plain(getattr(self, sec)) for sec in _SECTIONS}
+
+
+def _plain(obj: Any) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            v = _plain(v)
+        elif isinstance(v, Path):
+            v = str(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
 
 
 _SECTIONS = {"input": InputConfig, "preprocess": PreprocessConfig, "model": ModelConfig,
-             "devices": DevicesConfig, "output": OutputConfig}
+             "devices": DevicesConfig, "output": OutputConfig, "run": RunConfig}
+
+
+def _leaves(cls: Any, prefix: str):
+    """(dotted key, field, type) of every value in a section, nested sections flattened."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaves(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name]
+
+
+def _leaf_types() -> dict:
+    return {key: tp for sec, cls in _SECTIONS.items() for key, _, tp in _leaves(cls, sec + ".")}
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -225,29 +274,42 @@ def _merge(tree: dict, overrides: Mapping[str, Any], origin: str, base: Path,
         if sec not in _SECTIONS:
             raise ConfigError(f"{origin}: unknown section {sec!r}; known sections: "
                               f"{', '.join(_SECTIONS)}")
-        if body is None:
-            continue
-        if not isinstance(body, dict):
-            raise ConfigError(f"{origin}: section {sec!r} must be a mapping of keys, got {body!r}")
-        names = {f.name for f in dataclasses.fields(_SECTIONS[sec])}
-        for k, v in body.items():
-            if k not in names:
-                raise ConfigError(f"{origin}: unknown key {sec}.{k}; keys of {sec}: "
-                                  f"{', '.join(sorted(names))}")
-            tree.setdefault(sec, {})[k] = v
-            bases[f"{sec}.{k}"] = base
+        _merge_section(tree.setdefault(sec, {}), _SECTIONS[sec], sec, body, origin, base, bases)
+
+
+def _merge_section(tree: dict, cls: Any, name: str, body: Any, origin: str, base: Path,
+                   bases: dict) -> None:
+    if body is None:
+        return
+    if not isinstance(body, dict):
+        raise ConfigError(f"{origin}: section {name!r} must be a mapping of keys, got {body!r}")
+    hints = typing.get_type_hints(cls)
+    for k, v in body.items():
+        if k not in hints:
+            raise ConfigError(f"{origin}: unknown key {name}.{k}; keys of {name}: "
+                              f"{', '.join(sorted(hints))}")
+        if dataclasses.is_dataclass(hints[k]):
+            _merge_section(tree.setdefault(k, {}), hints[k], f"{name}.{k}", v, origin, base,
+                           bases)
+        else:
+            tree[k] = v
+            bases[f"{name}.{k}"] = base
 
 
 def _is_text(key: str) -> bool:
-    """Whether section.key holds a string or a path (then an override is taken verbatim)."""
-    sec, _, name = key.partition(".")
-    cls = _SECTIONS.get(sec)
-    if cls is None:
-        return False
-    tp = typing.get_type_hints(cls).get(name)
+    """Whether a dotted key holds a string or a path (then an override is taken verbatim)."""
+    tp = _leaf_types().get(key)
     if typing.get_origin(tp) is typing.Union:
         tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
     return tp in (str, Path)
+
+
+def _nest(key: str, value: Any) -> dict:
+    """"run.ray.address", v -> {"run": {"ray": {"address": v}}}"""
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
 
 
 def parse_override(text: str) -> Tuple[str, Any]:
@@ -256,8 +318,9 @@ def parse_override(text: str) -> Tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     key, raw = text.split("=", 1)
-    if key.count(".") != 1:
-        raise ConfigError(f"override {text!r}: the key must be section.key, like devices.cpus")
+    if key.count(".") < 1 or "" in key.strip().split("."):
+        raise ConfigError(f"override {text!r}: the key must be section.key, like devices.cpus "
+                          f"(or run.ray.address)")
     if _is_text(key.strip()) and raw != "":
         return key.strip(), raw
     try:
@@ -295,10 +358,9 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: Any = (),
         _merge(tree, data, str(path), source.parent, bases)
     pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     for key, value in pairs:
-        if key.count(".") != 1:
+        if key.count(".") < 1:
             raise ConfigError(f"override key {key!r} must be section.key, like devices.cpus")
-        sec, k = key.split(".")
-        _merge(tree, {sec: {k: value}}, "command line", cwd, bases)
+        _merge(tree, _nest(key, value), "command line", cwd, bases)
     return _build(tree, bases, source)
 
 
@@ -309,21 +371,26 @@ def _resolve(p: str, base: Path) -> Path:
 
 
 def _build(tree: dict, bases: dict, source: Optional[Path]) -> Config:
-    built = {}
-    for sec, cls in _SECTIONS.items():
-        kwargs = {}
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            key = f"{sec}.{f.name}"
-            if f.name in tree.get(sec, {}):
-                v = _coerce(key, hints[f.name], tree[sec][f.name])
-                if hints[f.name] is Path and v is not None:
-                    v = _resolve(v, bases[key])
-                kwargs[f.name] = v
-        built[sec] = cls(**kwargs)
+    built = {sec: _build_section(cls, sec, tree.get(sec, {}), bases)
+             for sec, cls in _SECTIONS.items()}
     cfg = Config(source=source, **built)
     _validate(cfg, bases)
     return cfg
+
+
+def _build_section(cls: Any, name: str, tree: dict, bases: dict) -> Any:
+    kwargs = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{name}.{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build_section(hints[f.name], key, tree.get(f.name, {}), bases)
+        elif f.name in tree:
+            v = _coerce(key, hints[f.name], tree[f.name])
+            if hints[f.name] is Path and v is not None:
+                v = _resolve(v, bases[key])
+            kwargs[f.name] = v
+    return cls(**kwargs)
 
 
 def _validate(cfg: Config, bases: dict) -> None:
@@ -387,14 +454,32 @@ def _validate(cfg: Config, bases: dict) -> None:
             raise ConfigError(f"devices.gpus: {list(d.gpus)} must be distinct ids >= 0")
     if d.cpus is not None and d.cpus < 1:
         raise ConfigError(f"devices.cpus: must be at least 1, got {d.cpus}")
+    r = cfg.run
+    if r.executor not in EXECUTORS:
+        raise ConfigError(f"run.executor: {r.executor!r} is not an executor; choose one of "
+                          f"{', '.join(EXECUTORS)}")
+    if r.ray.cpus_per_task < 0:
+        raise ConfigError(f"run.ray.cpus_per_task: must be 0 or more, got {r.ray.cpus_per_task}")
+    if r.ray.parts_per_shard < 1:
+        raise ConfigError(f"run.ray.parts_per_shard: must be at least 1, got "
+                          f"{r.ray.parts_per_shard}")
+    if r.ray.max_retries < 0:
+        raise ConfigError(f"run.ray.max_retries: must be 0 or more, got {r.ray.max_retries}")
+    if r.ray.address is not None:
+        address = r.ray.address.strip()
+        # `run.ray.address=null` on the command line arrives as text: it means no address too
+        object.__setattr__(r.ray, "address",
+                           None if address.lower() in ("", "null", "~", "none") else address)
+    if r.ray.cpus_per_task != round(r.ray.cpus_per_task, 4) or r.ray.cpus_per_task > 1e6:
+        raise ConfigError(f"run.ray.cpus_per_task: Ray counts CPUs in steps of 0.0001, got "
+                          f"{r.ray.cpus_per_task}")
 
 
 def reference_markdown() -> str:
     """The README's config reference table, generated from the field docs."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for sec, cls in _SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
+        for key, f, tp in _leaves(cls, sec + "."):
             default = f.default
             if default is None:
                 shown = "required" if f.name == "dir" else "null"
@@ -404,8 +489,7 @@ def reference_markdown() -> str:
                 shown = str(default).lower()
             else:
                 shown = str(default)
-            rows.append(f"| `{sec}.{f.name}` | {_type_name(hints[f.name])} | `{shown}` | "
-                        f"{f.metadata['doc']} |")
+            rows.append(f"| `{key}` | {_type_name(tp)} | `{shown}` | {f.metadata['doc']} |")
     return "\n".join(rows) + "\n"
 
 

@@ -27,6 +27,17 @@ def _weights_text(cfg: Config) -> str:
     return f"{w} ({os.path.getsize(w) / 1e6:.0f} MB)"
 
 
+def _executor_text(cfg: Config, todo: int) -> str:
+    if cfg.run.executor == "local":
+        return "local (this process)"
+    per_shard = cfg.output.rows_per_part * cfg.run.ray.parts_per_shard
+    shards = -(-todo // per_shard)
+    where = cfg.run.ray.address or "a private local cluster started for the run"
+    gpus = len(cfg.devices.gpus) if cfg.devices.gpus else 0
+    return (f"ray on {where}: {shards} shards of up to {per_shard} images, each asking for "
+            f"{cfg.run.ray.cpus_per_task:g} CPUs and {gpus} GPUs")
+
+
 def dry_run(cfg: Config) -> str:
     listing = list_images(cfg.input.dir, cfg.input.extensions)
     by_ext = Counter(os.path.splitext(p)[1].lower().lstrip(".") for p in listing)
@@ -53,5 +64,6 @@ def dry_run(cfg: Config) -> str:
         f"step; GPUs are checked when the job starts)",
         f"  weights      {_weights_text(cfg)}",
         f"  preprocess   {cfg.preprocess.resize}, antialias {cfg.preprocess.antialias}",
+        f"  executor     {_executor_text(cfg, todo)}",
     ]
     return "\n".join(lines)

@@ -9,7 +9,8 @@ log = logging.getLogger("estimator_vgg")
 
 
 class LogProgress:
-    """A log line every `every_s` seconds: done/total, errors, images/s, ETA."""
+    """A log line every `every_s` seconds: done/total, errors, images/s, ETA (and, on Ray,
+    shards finished/all)."""
 
     def __init__(self, every_s: float = 30.0):
         self.every_s = every_s
@@ -17,15 +18,16 @@ class LogProgress:
     def start(self, total: int) -> None:
         self.total, self.t0, self.last = total, time.time(), time.time()
 
-    def update(self, done: int, errors: int) -> None:
+    def update(self, done: int, errors: int, shards: str = "") -> None:
         now = time.time()
         if now - self.last < self.every_s:
             return
         self.last = now
         rate = done / max(now - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("inf")
-        log.info("progress: %d/%d images (%.1f%%), %d errors, %.2f images/s, ETA %s", done,
-                 self.total, 100.0 * done / max(self.total, 1), errors, rate, _hms(eta))
+        log.info("progress: %d/%d images (%.1f%%), %d errors, %.2f images/s, ETA %s%s", done,
+                 self.total, 100.0 * done / max(self.total, 1), errors, rate, _hms(eta),
+                 f", shards {shards}" if shards else "")
 
     def close(self) -> None:
         pass
@@ -52,10 +54,11 @@ class BarProgress:
         self.bar.set_postfix(errors=0)
         self.done = 0
 
-    def update(self, done: int, errors: int) -> None:
+    def update(self, done: int, errors: int, shards: str = "") -> None:
         self.bar.update(done - self.done)
         self.done = done
-        self.bar.set_postfix(errors=errors, refresh=False)
+        extra = {"shards": shards} if shards else {}
+        self.bar.set_postfix(errors=errors, refresh=False, **extra)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -46,8 +46,9 @@ class Summary:
     seconds: float
     output: Path
     noop: bool = False
-    first_batch_s: float = 0.0
+    first_batch_s: float = 0.0     # local: the first batch; ray: the first shard done
     new_features: int = 0
+    executor: str = "local"
 
     @property
     def error_count(self) -> int:
@@ -96,9 +97,12 @@ class _Part:
 class _Accountant:
     """Walks the expected listing as rows arrive; gaps become error rows; full parts commit."""
 
-    def __init__(self, cfg: Config, store: Store, parts: List[_Part], blocked: Dict[str, tuple],
-                 seen_before: int, errors_before: int):
+    def __init__(self, cfg: Config, store, parts: List[_Part], blocked: Dict[str, tuple],
+                 seen_before: int, errors_before: int, early_stop: bool = True):
+        """store: anything with commit(index, paths, fc7, errors) (a Store, or a Ray shard's
+        part writer); early_stop: check input.max_error_fraction after each part."""
         self.cfg, self.store, self.parts, self.blocked = cfg, store, parts, blocked
+        self.early_stop = early_stop
         self.current = 0
         self.features = 0
         self.errors: List[Tuple[str, str, str]] = []
@@ -124,7 +128,8 @@ class _Accountant:
             self.seen += len(part.files)
             part.fc7, part.paths = [], []  # free the rows
             self.current += 1
-            self.check_error_fraction(final=False)
+            if self.early_stop:
+                self.check_error_fraction(final=False)
 
     def _gap_before(self, rel: str) -> int:
         """How many expected files precede `rel` (they were dropped by the pipeline)."""
@@ -162,22 +167,65 @@ class _Accountant:
             self._commit_full_parts()
 
     def check_error_fraction(self, final: bool) -> None:
-        seen = self.seen_before + self.seen
-        errors = self.errors_before + len(self.errors)
-        limit = self.cfg.input.max_error_fraction
-        if seen and (final or seen >= MIN_FILES_FOR_EARLY_STOP) and errors / seen > limit:
-            raise JobError(f"{errors} of {seen} files failed ({errors / seen:.1%}), above "
-                           f"input.max_error_fraction={limit}: "
-                           f"{probe.reason_counts(self.errors)} in this run. The parts done so "
-                           f"far are kept; see {self.cfg.output.dir / 'errors'}, fix the "
-                           f"inputs or raise the limit, and rerun to resume")
+        check_error_fraction(self.cfg, self.seen_before + self.seen,
+                             self.errors_before + len(self.errors), self.errors, final)
+
+
+def check_error_fraction(cfg: Config, seen: int, errors: int,
+                         run_errors: List[Tuple[str, str, str]], final: bool) -> None:
+    """Stop the job when more than input.max_error_fraction of the files seen failed."""
+    limit = cfg.input.max_error_fraction
+    if seen and (final or seen >= MIN_FILES_FOR_EARLY_STOP) and errors / seen > limit:
+        raise JobError(f"{errors} of {seen} files failed ({errors / seen:.1%}), above "
+                       f"input.max_error_fraction={limit}: "
+                       f"{probe.reason_counts(run_errors)} in this run. The parts done so "
+                       f"far are kept; see {cfg.output.dir / 'errors'}, fix the "
+                       f"inputs or raise the limit, and rerun to resume")
+
+
+def stream_rows(cfg: Config, prepared: weights.PreparedWeights, feed: List[List[str]],
+                accountant: _Accountant, start: float, on_batch=lambda: None) -> float:
+    """Predict the files of `feed` (one list per part) and hand every row to the accountant in
+    listing order; returns the seconds from `start` (a time.time()) to the first batch, or 0
+    when nothing was fed."""
+    first_batch_s = 0.0
+    flat = [f for files in feed for f in files]
+    if not flat:
+        return first_batch_s
+    est = build_estimator(cfg, prepared)
+    log.info("towers: %s, %d images per step, %d parts", ", ".join(tower_devices(cfg.devices)),
+             cfg.devices.batch_size * cfg.towers, len(feed))
+    predictions = est.predict(
+        input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
+        yield_single_examples=False, checkpoint_path=prepared.checkpoint)
+    for batch in predictions:
+        fault("batch")
+        if not first_batch_s:
+            first_batch_s = time.time() - start
+            log.info("first batch after %.1f s", first_batch_s)
+        for key, row in zip(batch["path"], batch["fc7"]):
+            accountant.row(key.decode("utf-8", "surrogateescape"), row)
+        on_batch()
+    return first_batch_s
+
+
+def blocked_files(cfg: Config, todo: List[str]) -> Dict[str, tuple]:
+    """Files never to open, with their error: symlinks out of input.dir (unless allowed), and
+    FIFOs or devices named like images (reading one would block forever)."""
+    blocked = {}
+    for rel in todo:
+        if not cfg.input.follow_external_symlinks and probe.outside_root(cfg.input.dir, rel):
+            blocked[rel] = probe.classify(cfg.input.dir, rel, cfg.input.max_pixels, False)
+        elif probe.special_file(cfg.input.dir / rel):
+            blocked[rel] = ("not_a_file", "not a regular file (a FIFO, socket or device)")
+    return blocked
 
 
 def run(cfg: Config, progress=None) -> Summary:
     """Embed every image under input.dir into <output.dir>; resume what an earlier run began.
 
-    progress: an object with start(total), update(done, errors), close() (see progress.py);
-    default: a log line every 30 s.
+    progress: an object with start(total), update(done, errors, shards=""), close() (see
+    progress.py); default: a log line every 30 s.
     """
     from estimator_vgg.progress import LogProgress
 
@@ -191,8 +239,8 @@ def run(cfg: Config, progress=None) -> Summary:
     located = weights.locate(cfg.model)  # hashed for the fingerprint; converted only if needed
     store = Store(cfg.output.dir, cfg.output.format)
     store.open(fingerprint(cfg, located), cfg.to_dict(), cfg.output.overwrite)
-    done = store.done_paths()
-    todo = [p for p in listing if display_path(p) not in done]
+    done_before = store.done_paths()
+    todo = [p for p in listing if display_path(p) not in done_before]
     feats_before = sum(p["features"] for p in store.parts)
     errs_before = sum(p["errors"] for p in store.parts)
     log.info("found %d images under %s: %d already done, %d to do", len(listing),
@@ -205,56 +253,60 @@ def run(cfg: Config, progress=None) -> Summary:
         return Summary(len(listing), feats_before, _error_counts(store), 0,
                        time.time() - start, cfg.output.dir, noop=True)
 
-    # Symlinks out of input.dir are never opened (unless allowed): they go straight to errors.
-    # A FIFO or device named like an image would block the reader forever: never opened.
-    blocked = {}
-    for rel in todo:
-        if not cfg.input.follow_external_symlinks and probe.outside_root(cfg.input.dir, rel):
-            blocked[rel] = probe.classify(cfg.input.dir, rel, cfg.input.max_pixels, False)
-        elif probe.special_file(cfg.input.dir / rel):
-            blocked[rel] = ("not_a_file", "not a regular file (a FIFO, socket or device)")
+    blocked = blocked_files(cfg, todo)
     size = cfg.output.rows_per_part
     first = store.next_index()
     parts = [_Part(first + k, todo[i:i + size]) for k, i in enumerate(range(0, len(todo), size))]
-    feed = [[f for f in p.files if f not in blocked] for p in parts]
-    accountant = _Accountant(cfg, store, parts, blocked, feats_before + errs_before, errs_before)
 
-    first_batch_s = 0.0
-    flat = [f for files in feed for f in files]
     progress.start(len(todo))
     try:
-        if flat:
-            prepared = weights.prepare(cfg.model, located)
-            est = build_estimator(cfg, prepared)
-            log.info("towers: %s, %d images per step, %d parts of up to %d images",
-                     ", ".join(tower_devices(cfg.devices)), cfg.devices.batch_size * cfg.towers,
-                     len(parts), size)
-            predictions = est.predict(
-                input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
-                yield_single_examples=False, checkpoint_path=prepared.checkpoint)
-            for batch in predictions:
-                fault("batch")
-                if not first_batch_s:
-                    first_batch_s = time.time() - start
-                    log.info("first batch after %.1f s", first_batch_s)
-                for key, row in zip(batch["path"], batch["fc7"]):
-                    accountant.row(key.decode("utf-8", "surrogateescape"), row)
-                progress.update(accountant.features + len(accountant.errors),
-                                len(accountant.errors))
-        accountant.finish()  # what the stream did not deliver failed, or was never fed
-        progress.update(len(todo), len(accountant.errors))
+        if cfg.run.executor == "ray":
+            from estimator_vgg import cluster
+            done = cluster.run_shards(cfg, located, store, parts, blocked, progress,
+                                      feats_before + errs_before, errs_before, start)
+        else:
+            done = _run_here(cfg, located, store, parts, blocked, progress,
+                             feats_before + errs_before, errs_before, start)
     finally:
         progress.close()
-    accountant.check_error_fraction(final=True)
+    check_error_fraction(cfg, feats_before + errs_before + len(todo),
+                         errs_before + len(done.errors), done.errors, final=True)
     seconds = time.time() - start
     counts = _error_counts(store)
-    store.finish(dict(run_record, new_files=len(todo), new_features=accountant.features,
-                      new_errors=probe.reason_counts(accountant.errors),
-                      seconds=round(seconds, 3), first_batch_s=round(first_batch_s, 3),
-                      images_per_s=round(accountant.features / seconds, 3)), complete=True)
-    return Summary(len(listing), feats_before + accountant.features, counts, len(todo), seconds,
-                   cfg.output.dir, first_batch_s=first_batch_s,
-                   new_features=accountant.features)
+    store.finish(dict(run_record, new_files=len(todo), new_features=done.features,
+                      new_errors=probe.reason_counts(done.errors),
+                      seconds=round(seconds, 3), first_batch_s=round(done.first_batch_s, 3),
+                      images_per_s=round(done.features / seconds, 3), **done.record),
+                 complete=True)
+    return Summary(len(listing), feats_before + done.features, counts, len(todo), seconds,
+                   cfg.output.dir, first_batch_s=done.first_batch_s,
+                   new_features=done.features, executor=cfg.run.executor)
+
+
+@dataclass
+class Done:
+    """What one run embedded: rows, error rows, time to the first batch, executor details."""
+    features: int
+    errors: List[Tuple[str, str, str]]
+    first_batch_s: float
+    record: dict = field(default_factory=dict)  # extra fields for the manifest's run record
+
+
+def _run_here(cfg: Config, located: weights.Located, store: Store, parts: List[_Part],
+              blocked: Dict[str, tuple], progress, seen_before: int, errors_before: int,
+              start: float) -> Done:
+    """The local executor: this process, this machine's devices, parts committed in order."""
+    feed = [[f for f in p.files if f not in blocked] for p in parts]
+    accountant = _Accountant(cfg, store, parts, blocked, seen_before, errors_before)
+    first_batch_s = 0.0
+    if any(feed):
+        prepared = weights.prepare(cfg.model, located)
+        first_batch_s = stream_rows(cfg, prepared, feed, accountant, start, on_batch=lambda: (
+            progress.update(accountant.features + len(accountant.errors),
+                            len(accountant.errors))))
+    accountant.finish()  # what the stream did not deliver failed, or was never fed
+    progress.update(accountant.features + len(accountant.errors), len(accountant.errors))
+    return Done(accountant.features, accountant.errors, first_batch_s)
 
 
 def _error_counts(store: Store) -> Dict[str, int]:

@@ -30,6 +30,8 @@ from estimator_vgg.writer import MANIFEST
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
+STAGING = ".staging"        # Ray shards' parts before the driver lists them (hidden from readers)
+STAGING_MARK = "run-id"
 _fault_counts: Dict[str, int] = {}
 
 
@@ -42,6 +44,12 @@ def fault(point: str) -> None:
     if name == point:
         _fault_counts[point] = _fault_counts.get(point, 0) + 1
         if _fault_counts[point] == int(n or 1):
+            once = os.environ.get("ESTIMATOR_VGG_FAULT_ONCE")
+            if once:  # one kill among all processes (Ray workers): whoever creates the file
+                try:
+                    os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    return
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -122,7 +130,13 @@ class Store:
                 shutil.rmtree(self.dir / d)
 
     def _remove_uncommitted(self) -> None:
-        """Delete temporary files and parts the manifest does not list (a killed run's)."""
+        """Delete temporary files and parts the manifest does not list (a killed run's), and
+        what Ray shards of earlier runs staged (see stage_dir)."""
+        if (self.dir / STAGING).exists():
+            log.info("removing %s, left by a run that was stopped", self.dir / STAGING)
+            shutil.rmtree(self.dir / STAGING, ignore_errors=True)
+        for f in self.dir.glob(f"{MANIFEST}.*.tmp"):
+            f.unlink()
         committed = {writer.part_name(p["index"]) for p in self.parts}
         for sub in (writer.FEATURES, writer.ERRORS):
             d = self.dir / sub
@@ -141,18 +155,53 @@ class Store:
 
     def commit(self, index: int, paths: Sequence[str], fc7: Optional[np.ndarray],
                errors: Sequence[Tuple[str, str, str]]) -> None:
-        """Write part `index` (features and errors) and then list it in the manifest.
+        """Write part `index` (features and errors) and then list it in the manifest."""
+        write_part(self.dir, self.fmt, index, paths, fc7, errors)
+        self.record(index, len(paths), len(errors))
 
-        Paths are written in their display form (listing.display_path): the tables hold UTF-8.
+    def record(self, index: int, features: int, errors: int) -> None:
+        """List part `index`, whose files are on disk, in the manifest: it is done from now on.
+
+        Parts are listed in index order (the readers' row order) whatever order they were
+        written in.
         """
-        matrix = fc7 if fc7 is not None else np.zeros((0, writer.FC7_DIM), np.float32)
-        writer.write_features(self.dir, self.fmt, index, [display_path(p) for p in paths],
-                              matrix, before_rename=lambda: fault("features_tmp"))
-        writer.write_errors(self.dir, index, [(display_path(p), r, m) for p, r, m in errors])
-        fault("part_files")
-        self.parts.append({"index": index, "features": len(paths), "errors": len(errors)})
+        if any(p["index"] == index for p in self.parts):
+            raise OutputError(f"part {writer.part_name(index)} is already listed in "
+                              f"{self.dir / MANIFEST}; it must never be written twice")
+        self.parts.append({"index": index, "features": features, "errors": errors})
+        self.parts.sort(key=lambda p: p["index"])
         self._write_manifest()
         fault("manifest")
+
+    def stage_dir(self, run_id: str) -> Path:
+        """A folder for this run's Ray shards to write parts into, marked with `run_id`.
+
+        Shards never write into features/ or errors/: the driver moves a staged part into
+        place just before listing it (adopt_staged). A shard of an earlier, killed run that is
+        still dying writes into its own run's folder, which nothing ever moves, so it cannot
+        replace a part of this run. The marker file lets a shard check that it sees this very
+        folder (output.dir shared by every node), not a same-named local one.
+        """
+        d = self.dir / STAGING / run_id
+        for sub in (writer.FEATURES, writer.ERRORS):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / STAGING_MARK).write_text(run_id)
+        return d
+
+    def adopt_staged(self, stage: Path, index: int) -> None:
+        """Move part `index`'s files from `stage` into features/ and errors/ (atomic renames,
+        same filesystem); the part is done once record() lists it."""
+        name = writer.part_name(index)
+        moved = 0
+        for sub in (writer.FEATURES, writer.ERRORS):
+            (self.dir / sub).mkdir(exist_ok=True)
+            for f in sorted((stage / sub).glob(f"{name}.*")):
+                if not f.name.endswith(".tmp"):
+                    os.replace(f, self.dir / sub / f.name)
+                    moved += 1
+        if not moved:
+            raise OutputError(f"part {name} was reported written by a Ray shard but is not in "
+                              f"{stage}: is output.dir on storage every node shares?")
 
     def finish(self, run: dict, complete: bool) -> None:
         self.manifest["runs"].append(run)
@@ -166,3 +215,19 @@ class Store:
     def _write_manifest(self) -> None:
         text = json.dumps(self.manifest, indent=2, ensure_ascii=False).encode("utf-8")
         writer.commit_file(self.dir / MANIFEST, lambda f: f.write(text))
+
+
+def write_part(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
+               fc7: Optional[np.ndarray], errors: Sequence[Tuple[str, str, str]]) -> None:
+    """Write the files of part `index` (features, then errors), each atomically; the part is
+    not done until the manifest lists it (Store.record). Used by Store.commit and by a Ray
+    shard, which writes on its node and leaves the listing to the driver.
+
+    Paths are written in their display form (listing.display_path): the tables hold UTF-8.
+    """
+    out_dir = Path(out_dir)
+    matrix = fc7 if fc7 is not None else np.zeros((0, writer.FC7_DIM), np.float32)
+    writer.write_features(out_dir, fmt, index, [display_path(p) for p in paths], matrix,
+                          before_rename=lambda: fault("features_tmp"))
+    writer.write_errors(out_dir, index, [(display_path(p), r, m) for p, r, m in errors])
+    fault("part_files")

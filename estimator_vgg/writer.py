@@ -32,8 +32,12 @@ def part_name(index: int) -> str:
 
 
 def commit_file(final: Path, write: Callable, before_rename: Callable = lambda: None) -> None:
-    """write(f) into `final`.tmp, flush to disk, then rename over `final` (atomic)."""
-    tmp = final.with_name(final.name + ".tmp")
+    """write(f) into a temporary file, flush it to disk, then rename it over `final` (atomic).
+
+    The temporary name is unique to the process, so two writers of the same part (a shard Ray
+    retried while the first attempt's worker was still dying) never write into one file.
+    """
+    tmp = final.with_name(f"{final.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
     with open(tmp, "wb") as f:
         write(f)
         f.flush()

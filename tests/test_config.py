@@ -1,4 +1,6 @@
 """Config: defaults, overrides, relative paths, and errors that name the key or path."""
+import re
+
 import pytest
 
 from conftest import DEMO, ROOT
@@ -113,3 +115,29 @@ def test_shipped_configs_load(tmp_path):
     assert load_config(ROOT / "configs" / "demo.yaml").model.weights == "synthetic"
     prod = load_config(ROOT / "configs" / "prod.yaml", [f"input.dir={DEMO}"])
     assert prod.model.weights == "imagenet" and prod.devices.gpus == (0, 1, 2, 3)
+    assert prod.run.executor == "local"
+    cluster = load_config(ROOT / "configs" / "cluster.yaml", [f"input.dir={DEMO}"])
+    assert cluster.run.executor == "ray" and cluster.run.ray.address == "auto"
+    assert cluster.run.ray.cpus_per_task == 8.0 and cluster.devices.gpus == (0, 1, 2, 3)
+
+
+def test_nested_ray_keys_override_and_are_checked(tmp_path):
+    cfg = load_config(None, input={"dir": str(DEMO)}, output={"dir": str(tmp_path)},
+                      run={"ray": {"max_retries": 1}},
+                      overrides=["run.executor=ray", "run.ray.address=10.0.0.1:6379"])
+    assert (cfg.run.executor, cfg.run.ray.address, cfg.run.ray.max_retries) == \
+        ("ray", "10.0.0.1:6379", 1)
+    assert cfg.to_dict()["run"] == {"executor": "ray", "ray": {
+        "address": "10.0.0.1:6379", "cpus_per_task": 1.0, "parts_per_shard": 1,
+        "max_retries": 1}}
+    base = {"input": {"dir": str(DEMO)}, "output": {"dir": str(tmp_path)}}
+    for overrides, message in (
+            (["run.executor=spark"], "run.executor: 'spark' is not an executor"),
+            (["run.ray.adress=auto"], "unknown key run.ray.adress; keys of run.ray: address"),
+            (["run.ray=auto"], "section 'run.ray' must be a mapping"),
+            (["run.ray.max_retries=-1"], "run.ray.max_retries: must be 0 or more"),
+            (["run.ray.parts_per_shard=0"], "run.ray.parts_per_shard: must be at least 1"),
+            (["run.ray.cpus_per_task=two"], "run.ray.cpus_per_task: expected a number")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, overrides=overrides, **base)
+    assert load_config(None, overrides=["run.ray.address="], **base).run.ray.address is None

@@ -1,0 +1,282 @@
+"""The Ray executor (`run.executor: ray`): the same job, one Ray task per output part.
+
+The driver (runner.run) lists the images, opens the output and cuts the listing into parts
+exactly as a local run would. Here each part becomes a shard: a Ray task that runs the
+Estimator job on its node's devices over the part's files and writes the part's files
+atomically into output.dir (store.write_part). Only the driver lists parts in the manifest,
+and only in index order, so:
+  - the output equals a local run's: same parts, same rows, same order, same values;
+  - a shard whose worker or node died is rerun by Ray (run.ray.max_retries); its files are
+    rewritten whole, with the same content, and listed once;
+  - a driver that dies leaves a manifest that lists a prefix of the parts; rerunning the
+    command removes the files of unlisted parts and redoes them, as after a local crash.
+Ray schedules, places on GPUs and retries; this module only submits, waits and records.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from estimator_vgg.config import Config
+from estimator_vgg.store import STAGING_MARK
+from estimator_vgg.writer import part_name
+
+log = logging.getLogger(__name__)
+
+RAY_MISSING = ("run.executor is `ray`, but Ray is not installed in this environment. Install "
+               "the extra (pip install 'estimator-vgg[ray]', or ESTIMATOR_VGG_RAY=1 ./run.sh "
+               "...), or set run.executor: local")
+
+
+class _PartWriter:
+    """The accountant's store inside a shard: writes the part's files, never the manifest,
+    and keeps what the driver needs to list each part."""
+
+    def __init__(self, out_dir: Path, fmt: str):
+        self.out_dir, self.fmt = out_dir, fmt
+        self.written: List[dict] = []
+
+    def commit(self, index, paths, fc7, errors) -> None:
+        from estimator_vgg.store import write_part
+        write_part(self.out_dir, self.fmt, index, paths, fc7, errors)
+        self.written.append({"index": index, "features": len(paths), "errors": list(errors)})
+
+
+_shards_in_this_process = 0
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux; -1 elsewhere)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, first_index: int,
+                files: List[List[str]], blocked: Dict[str, tuple]) -> dict:
+    """One shard, in a Ray worker: embed `files` (one list per part) into parts
+    `first_index`, `first_index + 1`, ..., written into the driver's staging folder `stage`
+    (Store.stage_dir), which the driver moves into output.dir when it lists them.
+
+    Returns what the driver records: per part its row count and error rows; where it ran.
+    """
+    start = time.time()
+    global _shards_in_this_process
+    fresh = _shards_in_this_process == 0
+    _shards_in_this_process += 1
+    age_s = _process_age()  # a fresh worker's start-up: Python, Ray, TensorFlow, the arguments
+    import socket
+
+    import ray
+    import tensorflow as tf
+
+    from estimator_vgg.runner import JobError, _Accountant, _Part, stream_rows
+
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":  # the driver's -v shows them
+        tf.get_logger().setLevel(logging.ERROR)
+        logging.getLogger("estimator_vgg").setLevel(logging.ERROR)  # the driver logs the errors
+    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    mark = Path(stage) / STAGING_MARK
+    try:
+        shared = mark.read_text() == run_id
+    except OSError:
+        shared = False
+    for what, ok, path in (
+            ("input.dir", cfg.input.dir.is_dir(), cfg.input.dir),
+            ("output.dir", shared, mark),
+            ("model.cache_dir", Path(prepared.checkpoint + ".index").is_file(),
+             prepared.checkpoint)):
+        if not ok:
+            raise JobError(f"{what} is not shared with node {node}: it does not see {path}, "
+                           f"which the driver made. On a Ray cluster, input.dir, output.dir and "
+                           f"model.cache_dir must be on storage every node mounts at the same "
+                           f"path")
+    parts = [_Part(first_index + k, list(f)) for k, f in enumerate(files)]
+    writer = _PartWriter(Path(stage), cfg.output.format)
+    accountant = _Accountant(cfg, writer, parts, blocked, 0, 0, early_stop=False)
+    feed = [[f for f in p.files if f not in blocked] for p in parts]
+    first_batch_s = stream_rows(cfg, prepared, feed, accountant, start)
+    accountant.finish()
+    return {"parts": writer.written, "node": node, "pid": os.getpid(),
+            "seconds": round(time.time() - start, 3), "first_batch_s": round(first_batch_s, 3),
+            "fresh_worker": fresh, "worker_age_s": round(age_s, 3)}
+
+
+def shard_config(cfg: Config) -> Config:
+    """The config a shard runs with. Ray hands a task the GPUs it reserved by setting
+    CUDA_VISIBLE_DEVICES, so inside the task they are GPUs 0..n-1 whatever ids
+    devices.gpus names: only the number of GPUs carries over."""
+    if not cfg.devices.gpus:
+        return cfg
+    devices = dataclasses.replace(cfg.devices, gpus=tuple(range(len(cfg.devices.gpus))))
+    return dataclasses.replace(cfg, devices=devices)
+
+
+def task_resources(cfg: Config) -> dict:
+    """What one shard asks Ray for: the GPUs `devices` names, and run.ray.cpus_per_task."""
+    return {"num_cpus": cfg.run.ray.cpus_per_task,
+            "num_gpus": len(cfg.devices.gpus) if cfg.devices.gpus else 0}
+
+
+def connect(address):
+    """ray.init for run.ray.address: None starts a private local cluster."""
+    from estimator_vgg.runner import JobError
+    try:
+        import ray
+        import ray.exceptions as rex
+    except ImportError:
+        raise JobError(RAY_MISSING) from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a batch job
+    kw = dict(logging_level=logging.WARNING, log_to_driver=True)
+    try:
+        if address is None:
+            ray.init(address="local", include_dashboard=False, **kw)
+        else:
+            ray.init(address=address, **kw)
+    except (ConnectionError, RuntimeError, ValueError, rex.RayError) as e:
+        where = "a new local cluster" if address is None else f"run.ray.address={address}"
+        raise JobError(f"could not start or join the Ray cluster ({where}): "
+                       f"{type(e).__name__}: {e}. Run the job on a node of the cluster (the "
+                       f"head, or a machine that ran `ray start --address`), check that the "
+                       f"head runs and the address; a cluster started with "
+                       f"RAY_AUTH_MODE=token needs the same RAY_AUTH_MODE and RAY_AUTH_TOKEN "
+                       f"(or RAY_AUTH_TOKEN_PATH) here. Or leave run.ray.address empty to "
+                       f"start a local cluster") from None
+    return ray
+
+
+def check_feasible(ray, resources: dict) -> None:
+    """Refuse at once when no node of the cluster could ever run a shard (Ray would wait)."""
+    from estimator_vgg.runner import JobError
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    need = {"CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}
+    if any(all(n.get(k, 0) >= v for k, v in need.items()) for n in nodes):
+        return
+    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes)
+    raise JobError(f"no node of the Ray cluster has what one shard needs ({need['CPU']:g} CPUs "
+                   f"from run.ray.cpus_per_task and {need['GPU']:g} GPUs from devices.gpus); the "
+                   f"nodes have: {have or 'none alive'}. Lower them, or add such nodes")
+
+
+def run_shards(cfg: Config, located, store, parts, blocked: Dict[str, tuple], progress,
+               seen_before: int, errors_before: int, start: float):
+    """Run the parts as Ray tasks (run.ray.parts_per_shard consecutive parts each); list
+    finished parts in the manifest in index order."""
+    from estimator_vgg.runner import JobError
+
+    connect_start = time.time()
+    ray = connect(cfg.run.ray.address)
+    connect_s = time.time() - connect_start
+    import ray.exceptions as rex
+
+    pending: dict = {}
+    try:
+        return _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
+                           errors_before, start, connect_s, pending)
+    except rex.RayError as e:  # from ray.put, ray.wait, ray.nodes ...: Ray itself failed
+        raise JobError(f"Ray failed: {type(e).__name__}: {e}. The parts listed so far are kept; "
+                       f"rerun the same command to resume") from None
+    finally:
+        for ref in pending:  # the job stops early: no shard goes on writing for nobody
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort; shutdown below ends the job
+                pass
+        ray.shutdown()
+
+
+def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before, errors_before,
+                start, connect_s, pending):
+    import uuid
+
+    import ray.exceptions as rex
+
+    from estimator_vgg import weights
+    from estimator_vgg.runner import Done, JobError, check_error_fraction
+
+    resources = task_resources(cfg)
+    check_feasible(ray, resources)
+    # Converted once, here; the shards restore the checkpoint from model.cache_dir.
+    prepared = weights.prepare(cfg.model, located)
+    run_id = uuid.uuid4().hex[:16]
+    stage = store.stage_dir(run_id)
+    # The driver's TensorFlow log level (quiet unless -v) reaches the workers before they
+    # import TensorFlow; otherwise every worker's start-up lines would bury the log. So do the
+    # test hooks of store.fault.
+    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("ESTIMATOR_VGG_FAULT")})
+    # A GPU task gets a fresh worker each time (max_calls=1): TensorFlow keeps the GPUs it
+    # opened for the life of the process, whatever CUDA_VISIBLE_DEVICES Ray sets next.
+    task = ray.remote(max_calls=1 if cfg.devices.gpus else 0)(embed_shard).options(
+        max_retries=cfg.run.ray.max_retries, retry_exceptions=False,
+        runtime_env={"env_vars": env}, **resources)
+    shard_cfg = ray.put(shard_config(cfg))
+    prep = ray.put(prepared)
+    k = cfg.run.ray.parts_per_shard
+    shards = [parts[i:i + k] for i in range(0, len(parts), k)]
+    for shard in shards:
+        files = [p.files for p in shard]
+        mine = {f: blocked[f] for p in shard for f in p.files if f in blocked}
+        pending[task.remote(shard_cfg, prep, stage, run_id, shard[0].index, files, mine)] = shard
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    log.info("ray: %d shards of up to %d parts of %d images, on %d node(s), each asking for %g "
+             "CPUs and %g GPUs", len(shards), k, cfg.output.rows_per_part, len(nodes),
+             resources["num_cpus"], resources["num_gpus"])
+    finished: Dict[int, dict] = {}
+    next_index = parts[0].index
+    features, errors, listed, shards_done, files_finished = 0, [], 0, 0, 0
+    first_shard_s = 0.0
+    record: List[dict] = []
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        shard = pending.pop(ready[0])
+        what = (f"shard {part_name(shard[0].index)}"
+                + (f"..{part_name(shard[-1].index)}" if len(shard) > 1 else "")
+                + f" ({sum(len(p.files) for p in shard)} images from {shard[0].files[0]})")
+        try:
+            result = ray.get(ready[0])
+        except rex.RayTaskError as e:
+            cause = getattr(e, "cause", None) or e
+            raise JobError(f"{what} failed: {cause}") from None
+        except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError) as e:
+            raise JobError(f"{what} was lost {cfg.run.ray.max_retries + 1} times "
+                           f"(run.ray.max_retries={cfg.run.ray.max_retries}): "
+                           f"{type(e).__name__}: {e}") from None
+        except rex.RayError as e:
+            raise JobError(f"{what} failed in Ray: {type(e).__name__}: {e}") from None
+        if not first_shard_s:
+            first_shard_s = time.time() - start
+        shards_done += 1
+        files_finished += sum(len(p.files) for p in shard)
+        for part in result["parts"]:
+            finished[part["index"]] = part
+        record.append({"parts": [part_name(p["index"]) for p in result["parts"]],
+                       **{key: result[key] for key in ("node", "pid", "seconds", "first_batch_s",
+                                                      "fresh_worker", "worker_age_s")}})
+        log.info("%s done on %s in %.1f s (%d of %d shards)", what, result["node"],
+                 result["seconds"], shards_done, len(shards))
+        while next_index in finished:  # list parts in order: the manifest stays a prefix
+            r = finished.pop(next_index)
+            store.adopt_staged(stage, r["index"])
+            store.record(r["index"], r["features"], len(r["errors"]))
+            for rel, reason, message in r["errors"]:
+                log.warning("%s: %s (%s)", rel, reason, message)
+            features += r["features"]
+            errors += [tuple(e) for e in r["errors"]]
+            listed += r["features"] + len(r["errors"])
+            next_index += 1
+            check_error_fraction(cfg, seen_before + listed, errors_before + len(errors),
+                                 errors, final=False)
+        progress.update(files_finished, len(errors), shards=f"{shards_done}/{len(shards)}")
+    shutil.rmtree(stage.parent, ignore_errors=True)  # empty now; earlier runs' leftovers too
+    return Done(features, errors, first_shard_s,
+                record={"executor": "ray", "ray_nodes": len(nodes),
+                        "connect_s": round(connect_s, 3), "shards": record})

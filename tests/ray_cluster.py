@@ -1,0 +1,140 @@
+"""A real multi-node Ray cluster on loopback for tests and benchmarks: `ray start --head` plus
+`ray start --address` processes on this machine, token authentication on, and a cleanup that
+stops every process they started, workers included, also when the caller fails.
+
+    with loopback_cluster(nodes=2, cpus_per_node=1) as c:
+        subprocess.run([... "run.ray.address=" + c.address], env=c.env)
+"""
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def ray_cli() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+class Cluster:
+    def __init__(self, address, env, procs):
+        self.address, self.env, self.procs = address, env, procs
+        self.start_s = 0.0  # seconds until every node had joined
+
+    @property
+    def groups(self):
+        return [p.pid for p in self.procs]
+
+    def alive_nodes(self) -> int:
+        r = subprocess.run([ray_cli(), "status", "--address", self.address], env=self.env,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0 or "Active:" not in r.stdout:
+            return 0
+        active = r.stdout.split("Active:")[1].split("Pending:")[0]
+        return sum(1 for line in active.splitlines() if "node_" in line)
+
+
+@contextlib.contextmanager
+def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1, env: dict = None):
+    # A short temporary folder: Ray's Unix sockets live under it and their paths are limited
+    # to about 107 characters, which pytest's tmp_path can exceed.
+    temp = tempfile.mkdtemp(prefix="evgg-ray-", dir="/tmp")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+               RAY_USAGE_STATS_ENABLED="0", TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    common = [f"--num-cpus={cpus_per_node}", "--object-store-memory=100000000",
+              "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp}",
+              "--block"]
+    procs, logs = [], []
+    c = Cluster(address, env, procs)
+
+    def start(*args):
+        log = open(Path(temp) / f"start-{len(procs)}.log", "w")
+        logs.append(log)
+        # its own session: the Ray processes it starts descend from it
+        procs.append(subprocess.Popen([ray_cli(), "start", *args, *common], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    t0 = time.time()
+    try:
+        start("--head", f"--port={port}", "--include-dashboard=false")
+        _wait(lambda: c.alive_nodes() == 1, 90, "the head node", temp)
+        for n in range(2, nodes + 1):
+            start(f"--address={address}")
+            _wait(lambda: c.alive_nodes() == n, 90, f"node {n}", temp)
+        c.start_s = time.time() - t0
+        yield c
+    finally:
+        stopped = stop(procs)
+        for log in logs:
+            log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+        if not stopped:
+            message = "a Ray process the cluster started outlived the cleanup"
+            if sys.exc_info()[0] is None:
+                raise AssertionError(message)
+            print(message, file=sys.stderr)  # do not hide the error already on its way
+
+
+def _wait(cond, seconds, what, temp):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    logs = "\n".join(f.read_text()[-2000:] for f in Path(temp).glob("start-*.log"))
+    raise AssertionError(f"{what} did not join within {seconds} s:\n{logs}")
+
+
+def stop(procs) -> bool:
+    """Stop every process the `ray start` commands started (workers included, which Ray puts
+    in process groups of their own): SIGTERM, then SIGKILL what is left. True if all gone."""
+    groups = [p.pid for p in procs]
+    members = {int(d.name) for d in Path("/proc").iterdir()
+               if d.name.isdigit() and descends_from(int(d.name), groups)}
+    for g in groups:
+        try:
+            os.killpg(g, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 5
+    while time.time() < deadline and any(alive(m) for m in members):
+        time.sleep(0.5)
+    for m in members:
+        if alive(m):
+            os.kill(m, signal.SIGKILL)
+    for p in procs:
+        p.wait(timeout=30)
+    time.sleep(1)
+    return not any(alive(m) for m in members)
+
+
+def alive(pid) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def descends_from(pid, groups) -> bool:
+    """Whether a process was started, at any depth, by a process of one of `groups`."""
+    while pid > 1:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return False
+        if int(fields[2]) in groups:
+            return True
+        pid = int(fields[1])
+    return False
