@@ -1,9 +1,13 @@
-"""Fidelity of a lower precision: cosine similarity of its fc7 to float32 fc7, per image.
+"""Fidelity of a lower precision, or of JPEG DCT scaling: cosine similarity of its fc7 to
+the float32, full-decode fc7, per image.
 
     .venv/bin/python benchmarks/precision_fidelity.py [CONFIG] [--precision bfloat16]
+    .venv/bin/python benchmarks/precision_fidelity.py [CONFIG] --dct [--input DIR]
 
-Runs the job twice on CONFIG's images (default configs/demo.yaml), in float32 and in the
-given precision, into temporary folders, and prints the minimum and mean cosine similarity.
+Runs the job twice on CONFIG's images (default configs/demo.yaml; --input overrides
+input.dir), in float32 and in the given precision (or in float32 with
+preprocess.jpeg_dct_scaling), into temporary folders, and prints the minimum and mean cosine
+similarity; with --dct also over the images that were decoded at reduced scale.
 """
 import argparse
 import sys
@@ -24,18 +28,48 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "demo.yaml"))
     ap.add_argument("--precision", default="bfloat16")
+    ap.add_argument("--dct", action="store_true",
+                    help="compare preprocess.jpeg_dct_scaling=true instead of a precision")
+    ap.add_argument("--input", help="another input.dir")
     args = ap.parse_args()
+    base = [f"input.dir={args.input}"] if args.input else []
+    if args.dct:
+        variants = {"full decode": ["model.precision=float32"],
+                    "DCT scaling": ["model.precision=float32",
+                                    "preprocess.jpeg_dct_scaling=true"]}
+    else:
+        variants = {"float32": ["model.precision=float32"],
+                    args.precision: [f"model.precision={args.precision}"]}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for p in ("float32", args.precision):
-            cfg = load_config(args.config, [f"model.precision={p}", f"output.dir={tmp}/{p}"])
+        for k, (name, overrides) in enumerate(variants.items()):
+            cfg = load_config(args.config, base + overrides + [f"output.dir={tmp}/{k}"])
             run(cfg)
-            out[p] = read_features(Path(tmp) / p)
-    (paths, a), (paths_b, b) = out["float32"], out[args.precision]
+            out[name] = read_features(Path(tmp) / str(k))
+        input_dir = cfg.input.dir
+    (paths, a), (paths_b, b) = out.values()
     assert paths == paths_b
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    print(f"{args.precision} vs float32 fc7 over {len(paths)} images of {args.config}: "
+    first, second = variants
+    print(f"{second} vs {first} fc7 over {len(paths)} images of {input_dir}: "
           f"cosine min {cos.min():.6f}, mean {cos.mean():.6f}")
+    if args.dct:
+        scaled = [i for i, p in enumerate(paths) if _scaled(input_dir / p)]
+        if scaled:
+            print(f"  the {len(scaled)} images decoded at reduced scale: cosine min "
+                  f"{cos[scaled].min():.6f}, mean {cos[scaled].mean():.6f}")
+
+
+def _scaled(path: Path) -> bool:
+    """Whether jpeg_dct_scaling decodes this file at less than full scale."""
+    import tensorflow as tf
+
+    from estimator_vgg.preprocess import IMAGE_SIZE
+    data = path.read_bytes()
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    h, w, _ = tf.io.extract_jpeg_shape(data).numpy()
+    return min(h, w) >= 4 * IMAGE_SIZE  # preprocess.dct_ratio: 1/2 keeps it >= 448
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Methods, each in a fresh process, alternated rep by rep (this machine is noisy, 
 ratios measured in one run, not absolute rates):
   ceiling-<p>  the project's VGG16 graph on pre-decoded in-memory tensors, precision p
   job-<p>      the job end to end (runner.run): files on disk to the written output
+  jobdct-<p>   the same with preprocess.jpeg_dct_scaling (large JPEGs decoded at 1/2..1/8)
   seed         the script the job replaces: TF1 placeholder graph, PIL decode one by one,
                feed_dict, a DataFrame grown by pd.concat per batch, one wide CSV
   keras        tf.keras.applications.VGG16 cut at fc2 ("fc7"), tf.data pipeline, model.predict
@@ -69,9 +70,10 @@ def make_images(folder: Path, n: int, seed: int = 0) -> None:
 
 # ---- the methods, each run in its own process ---------------------------------------------
 
-def _synthetic_cfg(images: Path, out: Path, precision: str):
+def _synthetic_cfg(images: Path, out: Path, precision: str, dct: bool = False):
     from estimator_vgg.config import load_config
     return load_config(None, input={"dir": str(images)}, output={"dir": str(out)},
+                       preprocess={"jpeg_dct_scaling": dct},
                        model={"weights": "synthetic", "precision": precision,
                               "cache_dir": str(ROOT / ".cache")},
                        devices={"cpus": 1, "batch_size": BATCH})
@@ -109,7 +111,7 @@ def ceiling(images: Path, precision: str) -> dict:
     return {"images": steps * BATCH, "seconds": seconds}
 
 
-def job(images: Path, precision: str) -> dict:
+def job(images: Path, precision: str, dct: bool = False) -> dict:
     """The job end to end, as runner.run does it for the command line."""
     import logging
 
@@ -118,7 +120,7 @@ def job(images: Path, precision: str) -> dict:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        summary = run(_synthetic_cfg(images, Path(tmp) / "out", precision))
+        summary = run(_synthetic_cfg(images, Path(tmp) / "out", precision, dct))
         seconds = time.perf_counter() - start
     assert summary.features == len(list(images.iterdir())), summary
     # Steady state: the images after the first batch over the time after it, i.e. without
@@ -230,7 +232,13 @@ def decode(images: Path, precision: str) -> dict:
     return {"images": count, "seconds": time.perf_counter() - start}
 
 
-METHODS = {"ceiling": ceiling, "job": job, "seed": seed, "keras": keras, "decode": decode}
+def jobdct(images: Path, precision: str) -> dict:
+    """The job with preprocess.jpeg_dct_scaling: large JPEGs decoded at reduced scale."""
+    return job(images, precision, dct=True)
+
+
+METHODS = {"ceiling": ceiling, "job": job, "jobdct": jobdct, "seed": seed, "keras": keras,
+           "decode": decode}
 
 
 def child(method: str, images: str, precision: str) -> None:
@@ -288,7 +296,7 @@ def main() -> None:
         images = Path(tmp) / "images"
         make_images(images, args.images)
         runs = [(m, p) for m in args.methods
-                for p in (args.precisions if m in ("ceiling", "job") else
+                for p in (args.precisions if m in ("ceiling", "job", "jobdct") else
                           ["1", "1p", "2", "2p"] if m == "decode" else ["float32"])]
         results = {r: [] for r in runs}
         for rep in range(args.reps):
@@ -312,21 +320,22 @@ def report(results: dict, args) -> None:
         ratio = f"{r / ceil:.2f}x" if ceil else ""
         print(f"| {m} | {p} | {r:.2f} | {ratio} | {mem[(m, p)]:.0f} |")
     first = [x["first_batch_s"] for (m, _), v in results.items() if m == "job" for x in v]
+    jobs = [m for m in ("job", "jobdct") if any(k[0] == m for k in results)]
     if first:
         print(f"job: first batch after {statistics.median(first):.1f} s (median, from start)")
     for (m, p), v in results.items():
-        if m == "job" and ("ceiling", p) in rate:
+        if m in jobs and ("ceiling", p) in rate:
             steady = statistics.median(x["steady_images_per_s"] for x in v)
-            print(f"job {p} after the first batch: {steady:.2f} images/s, "
+            print(f"{m} {p} after the first batch: {steady:.2f} images/s, "
                   f"{steady / rate[('ceiling', p)]:.2f}x its ceiling")
     seed_rate = rate.get(("seed", "float32"))
-    if seed_rate:
+    for m in jobs:
         for p in args.precisions:
-            if ("job", p) in rate:
-                print(f"job {p} vs seed-style float32: {rate[('job', p)] / seed_rate:.2f}x")
-    if ("keras", "float32") in rate and ("job", "float32") in rate:
-        print(f"job float32 vs keras float32: "
-              f"{rate[('job', 'float32')] / rate[('keras', 'float32')]:.2f}x")
+            if seed_rate and (m, p) in rate:
+                print(f"{m} {p} vs seed-style float32: {rate[(m, p)] / seed_rate:.2f}x")
+        if ("keras", "float32") in rate and (m, "float32") in rate:
+            print(f"{m} float32 vs keras float32: "
+                  f"{rate[(m, 'float32')] / rate[('keras', 'float32')]:.2f}x")
 
 
 def memory(tmp: Path, small: int, large: int) -> None:

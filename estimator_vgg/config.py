@@ -63,6 +63,11 @@ class PreprocessConfig:
                        "recorded in the output manifest.", default="center_crop")
     antialias: bool = _doc("Antialias when shrinking (bilinear filter widened to the scale).",
                            default=True)
+    jpeg_dct_scaling: bool = _doc("Decode a JPEG whose shorter side is at least 896 at 1/2, 1/4 "
+                                  "or 1/8 scale in the DCT domain (the largest that keeps it at "
+                                  "448 or more), skipping most of the decode and resize work "
+                                  "for camera-size photos. fc7 changes slightly (see "
+                                  "\"Performance\"); recorded in the manifest.", default=False)
 
 
 @dataclass(frozen=True)

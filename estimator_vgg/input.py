@@ -41,10 +41,11 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     batch = cfg.devices.batch_size * cfg.towers
     i = cfg.input
     policy, antialias, max_pixels = cfg.preprocess.resize, cfg.preprocess.antialias, i.max_pixels
+    dct = cfg.preprocess.jpeg_dct_scaling
     threads, prefetch = i.decode_threads, i.prefetch_batches
 
     def load(file, key):
-        image = preprocess(tf.io.read_file(file), policy, antialias, max_pixels)
+        image = preprocess(tf.io.read_file(file), policy, antialias, max_pixels, dct)
         return {"image": image, "path": key}
 
     def make() -> tf.data.Dataset:

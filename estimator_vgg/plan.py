@@ -63,7 +63,8 @@ def dry_run(cfg: Config) -> str:
         f"  devices      {', '.join(devices)} ({cfg.devices.batch_size} images per tower per "
         f"step; GPUs are checked when the job starts)",
         f"  weights      {_weights_text(cfg)}",
-        f"  preprocess   {cfg.preprocess.resize}, antialias {cfg.preprocess.antialias}",
+        f"  preprocess   {cfg.preprocess.resize}, antialias {cfg.preprocess.antialias}"
+        f"{', JPEG DCT scaling' if cfg.preprocess.jpeg_dct_scaling else ''}",
         f"  executor     {_executor_text(cfg, todo)}",
     ]
     return "\n".join(lines)

@@ -76,6 +76,43 @@ def decode_rgb(contents: tf.Tensor) -> tf.Tensor:
     return img
 
 
+DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode at, by DCT scaling
+
+
+def dct_ratio(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """Index into DCT_RATIOS of the largest ratio that keeps the shorter side >= 448.
+
+    Both resize policies shrink to 224 on the shorter side (center_crop) or on each side
+    (squash). Decoding at 1/r while min(h, w) / r stays at least twice that leaves the last
+    2x or more of the reduction to the antialiased resize, which keeps fc7 within a cosine
+    similarity of 0.9995 of a full decode (benchmarks/precision_fidelity.py --dct); letting
+    the DCT go down to 224 itself was measured at 0.997. So photos of 896 pixels and more on
+    the shorter side are decoded at 1/2, 1/4 or 1/8.
+    """
+    short = tf.minimum(height, width)
+    ok = [tf.cast(short // r >= 2 * IMAGE_SIZE, tf.int32) for r in DCT_RATIOS[1:]]
+    return tf.add_n(ok)  # ratios are nested: 8 fits => 4 and 2 fit
+
+
+def decode_rgb_scaled(contents: tf.Tensor) -> tf.Tensor:
+    """decode_rgb, except that a large JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT
+    domain (libjpeg's scaled IDCT), which skips most of the decoding work and of the resize.
+    The pixels differ slightly from a full decode followed by the antialiased resize:
+    benchmarks/precision_fidelity.py --dct measures what it does to fc7."""
+    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8")
+
+    def jpeg():
+        hw = tf.io.extract_jpeg_shape(contents)
+        index = dct_ratio(hw[0], hw[1])
+        branches = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r)
+                    for r in DCT_RATIOS]
+        return tf.switch_case(index, branches)
+
+    img = tf.cond(is_jpeg, jpeg, lambda: decode_rgb(contents))
+    img.set_shape([None, None, 3])
+    return img
+
+
 def resize(image: tf.Tensor, policy: str, antialias: bool = True) -> tf.Tensor:
     """uint8 or float [h, w, 3] -> float32 [224, 224, 3] by the named policy.
 
@@ -112,11 +149,13 @@ def caffe_preprocess(rgb: tf.Tensor) -> tf.Tensor:
 
 
 def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
-               max_pixels: int = 0) -> tf.Tensor:
+               max_pixels: int = 0, jpeg_dct_scaling: bool = False) -> tf.Tensor:
     """Encoded image bytes -> float32 [224, 224, 3] ready for VGG16.
 
     With max_pixels > 0, an image whose header claims more pixels is refused before decoding.
+    With jpeg_dct_scaling, large JPEGs are decoded at reduced scale (decode_rgb_scaled).
     """
     if max_pixels > 0:
         contents = check_pixels(contents, max_pixels)
-    return caffe_preprocess(resize(decode_rgb(contents), policy, antialias))
+    decoded = decode_rgb_scaled(contents) if jpeg_dct_scaling else decode_rgb(contents)
+    return caffe_preprocess(resize(decoded, policy, antialias))

@@ -69,7 +69,10 @@ def fingerprint(cfg: Config, located: weights.Located) -> dict:
         "preprocessing": {"recipe": PREPROCESS_RECIPE, "resize": cfg.preprocess.resize,
                           "antialias": cfg.preprocess.antialias,
                           "image_size": preprocess.IMAGE_SIZE,
-                          "mean_bgr": list(preprocess.CAFFE_BGR_MEAN)},
+                          "mean_bgr": list(preprocess.CAFFE_BGR_MEAN),
+                          # Only when on: outputs made before the option keep their fingerprint.
+                          **({"jpeg_dct_scaling": True}
+                             if cfg.preprocess.jpeg_dct_scaling else {})},
         "output_format": cfg.output.format,
         # The rows' paths are relative to it: another folder's a.jpg is another image.
         "input_dir": str(cfg.input.dir),

@@ -65,3 +65,31 @@ def test_preprocess_gives_bgr_minus_mean_of_a_flat_colour():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="unknown resize policy 'crop'"):
         resize(tf.zeros([4, 4, 3]), "crop")
+
+
+def test_dct_ratio_is_the_largest_scale_keeping_the_shorter_side_at_448():
+    from estimator_vgg.preprocess import DCT_RATIOS, dct_ratio
+
+    for (h, w), ratio in {(223, 4000): 1, (895, 1200): 1, (896, 896): 2, (1200, 1600): 2,
+                          (1792, 2400): 4, (3583, 3583): 4, (3584, 4000): 8}.items():
+        assert DCT_RATIOS[int(dct_ratio(tf.constant(h), tf.constant(w)))] == ratio, (h, w)
+
+
+def test_jpeg_dct_scaling_decodes_large_jpegs_smaller_and_leaves_the_rest_alone():
+    from estimator_vgg.preprocess import decode_rgb_scaled
+
+    photo = tf.io.decode_image(tf.io.read_file(str(DEMO / "chelsea_cat.JPG")), channels=3)
+    big = tf.cast(tf.image.resize(photo, [2000, 3000]), tf.uint8)
+    big_jpeg = tf.io.encode_jpeg(big, quality=90)
+    assert decode_rgb_scaled(big_jpeg).shape == (500, 750, 3)  # 1/4: 500 >= 448 > 250
+    small_jpeg = tf.io.read_file(str(DEMO / "chelsea_cat.JPG"))  # 300 high: full scale
+    assert decode_rgb_scaled(small_jpeg).shape == decode_rgb(small_jpeg).shape
+    png = tf.io.encode_png(big)
+    assert decode_rgb_scaled(png).shape == (2000, 3000, 3)  # not a JPEG: decoded as before
+    for contents in (small_jpeg, png):
+        np.testing.assert_array_equal(preprocess(contents, "center_crop", True, 0, True),
+                                      preprocess(contents, "center_crop", True, 0, False))
+    # the large one: the network's input moves little (0..255 scale)
+    diff = np.abs(preprocess(big_jpeg, "center_crop", True, 0, True)
+                  - preprocess(big_jpeg, "center_crop", True, 0, False))
+    assert diff.mean() < 1.0, diff.mean()

@@ -26,6 +26,8 @@ from ray_cluster import descends_from, loopback_cluster
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (./run.sh test "
                                         "installs it)")
 
+pytestmark = pytest.mark.slow  # a cluster and several jobs: about 3 minutes
+
 BAD = ROOT / "tests" / "fixtures" / "bad"
 ROWS = "output.rows_per_part=3"  # 10 files: 4 shards
 
