@@ -2,7 +2,7 @@
 the float32, full-decode fc7, per image.
 
     .venv/bin/python benchmarks/precision_fidelity.py [CONFIG] [--precision bfloat16]
-    .venv/bin/python benchmarks/precision_fidelity.py [CONFIG] --dct [--input DIR]
+    .venv/bin/python benchmarks/precision_fidelity.py [CONFIG] --dct --input DIR --make-images 48
 
 Runs the job twice on CONFIG's images (default configs/demo.yaml; --input overrides
 input.dir), in float32 and in the given precision (or in float32 with
@@ -31,7 +31,16 @@ def main() -> None:
     ap.add_argument("--dct", action="store_true",
                     help="compare preprocess.jpeg_dct_scaling=true instead of a precision")
     ap.add_argument("--input", help="another input.dir")
+    ap.add_argument("--make-images", type=int, metavar="N",
+                    help="into --input (a new folder): N JPEGs made as throughput.py makes its "
+                         "benchmark set (seed 0), camera-size photos among them")
     args = ap.parse_args()
+    if args.make_images:
+        if not args.input:
+            ap.error("--make-images needs --input, the folder to make them in")
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from throughput import make_images
+        make_images(Path(args.input), args.make_images)
     base = [f"input.dir={args.input}"] if args.input else []
     if args.dct:
         variants = {"full decode": ["model.precision=float32"],
@@ -53,6 +62,11 @@ def main() -> None:
     first, second = variants
     print(f"{second} vs {first} fc7 over {len(paths)} images of {input_dir}: "
           f"cosine min {cos.min():.6f}, mean {cos.mean():.6f}")
+    unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+    pairs = (unit @ unit.T)[np.triu_indices(len(paths), 1)]
+    if len(pairs):
+        print(f"  for scale, two different images of this set ({first}): cosine min "
+              f"{pairs.min():.4f}, mean {pairs.mean():.4f}, max {pairs.max():.4f}")
     if args.dct:
         scaled = [i for i, p in enumerate(paths) if _scaled(input_dir / p)]
         if scaled:
@@ -64,12 +78,12 @@ def _scaled(path: Path) -> bool:
     """Whether jpeg_dct_scaling decodes this file at less than full scale."""
     import tensorflow as tf
 
-    from estimator_vgg.preprocess import IMAGE_SIZE
-    data = path.read_bytes()
-    if not data.startswith(b"\xff\xd8"):
+    from estimator_vgg.preprocess import dct_ratio
+    data = tf.constant(path.read_bytes())
+    if not tf.io.is_jpeg(data):
         return False
-    h, w, _ = tf.io.extract_jpeg_shape(data).numpy()
-    return min(h, w) >= 4 * IMAGE_SIZE  # preprocess.dct_ratio: 1/2 keeps it >= 448
+    h, w, _ = tf.unstack(tf.io.extract_jpeg_shape(data))
+    return int(dct_ratio(h, w)) > 0
 
 
 if __name__ == "__main__":

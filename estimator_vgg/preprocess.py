@@ -99,7 +99,7 @@ def decode_rgb_scaled(contents: tf.Tensor) -> tf.Tensor:
     domain (libjpeg's scaled IDCT), which skips most of the decoding work and of the resize.
     The pixels differ slightly from a full decode followed by the antialiased resize:
     benchmarks/precision_fidelity.py --dct measures what it does to fc7."""
-    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8")
+    is_jpeg = tf.io.is_jpeg(contents)  # the same test decode_image makes (3 magic bytes)
 
     def jpeg():
         hw = tf.io.extract_jpeg_shape(contents)

@@ -55,8 +55,10 @@ def _clean(message: str) -> str:
 
 
 def classify(root: Path, rel: str, max_pixels: int,
-             follow_external_symlinks: bool = False) -> Tuple[str, str]:
-    """(reason, message) for a file the pipeline could not turn into an image."""
+             follow_external_symlinks: bool = False,
+             jpeg_dct_scaling: bool = False) -> Tuple[str, str]:
+    """(reason, message) for a file the pipeline could not turn into an image, decoded as the
+    pipeline decodes it (jpeg_dct_scaling: preprocess.decode_rgb_scaled)."""
     path = os.path.join(root, rel)
     if os.path.islink(path) and not os.path.exists(path):
         return "dangling_symlink", f"symlink to {os.readlink(path)}, which does not exist"
@@ -82,13 +84,13 @@ def classify(root: Path, rel: str, max_pixels: int,
                     "only; convert the file")
     if not head.startswith(_SUPPORTED):
         return "not_an_image", f"not a JPEG, PNG, GIF or BMP file (starts with {head[:8]!r})"
-    return _decode_failure(path, max_pixels)
+    return _decode_failure(path, max_pixels, jpeg_dct_scaling)
 
 
-def _decode_failure(path: str, max_pixels: int) -> Tuple[str, str]:
+def _decode_failure(path: str, max_pixels: int, scaled: bool = False) -> Tuple[str, str]:
     import tensorflow as tf
 
-    from estimator_vgg.preprocess import decode_rgb, header_size
+    from estimator_vgg.preprocess import decode_rgb, decode_rgb_scaled, header_size
 
     # A graph of its own: this runs inside Estimator.predict, whose graph is finalized.
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
@@ -98,7 +100,7 @@ def _decode_failure(path: str, max_pixels: int) -> Tuple[str, str]:
             if h * w > max_pixels:
                 return ("too_large", f"the header claims {w}x{h} = {h * w} pixels, above "
                         f"input.max_pixels={max_pixels}")
-            sess.run(decode_rgb(contents))
+            sess.run((decode_rgb_scaled if scaled else decode_rgb)(contents))
         except tf.errors.OpError as e:
             return "decode_error", _clean(e.message)
     return "read_error", "failed during the run but reads now (was it being written?)"

@@ -117,7 +117,8 @@ class _Accountant:
             reason, message = self.blocked[rel]
         else:
             reason, message = probe.classify(self.cfg.input.dir, rel, self.cfg.input.max_pixels,
-                                             self.cfg.input.follow_external_symlinks)
+                                             self.cfg.input.follow_external_symlinks,
+                                             self.cfg.preprocess.jpeg_dct_scaling)
         log.warning("%s: %s (%s)", display_path(rel), reason, message)
         part.errors.append((rel, reason, message))
         self.errors.append((rel, reason, message))

@@ -61,6 +61,8 @@ def _describe_differences(old: dict, new: dict, prefix: str = "") -> List[str]:
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
+        if key == "jpeg_dct_scaling":  # absent from a fingerprint means off
+            a, b = bool(a), bool(b)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _describe_differences(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -92,4 +92,48 @@ def test_jpeg_dct_scaling_decodes_large_jpegs_smaller_and_leaves_the_rest_alone(
     # the large one: the network's input moves little (0..255 scale)
     diff = np.abs(preprocess(big_jpeg, "center_crop", True, 0, True)
                   - preprocess(big_jpeg, "center_crop", True, 0, False))
-    assert diff.mean() < 1.0, diff.mean()
+    assert 0 < diff.mean() < 1.0, diff.mean()  # scaled (not the full decode), and close
+
+
+def test_a_jpeg_magic_followed_by_junk_is_refused_with_and_without_dct_scaling():
+    from estimator_vgg.preprocess import decode_rgb_scaled
+
+    junk = tf.constant(b"\xff\xd8" + b"\x00" * 64)  # not a JPEG for decode_image either
+    for decode in (decode_rgb, decode_rgb_scaled):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            decode(junk)
+
+
+def test_jpeg_dct_scaling_reaches_the_job_and_its_fingerprint(tmp_path):
+    import json
+
+    from conftest import make_config
+    from estimator_vgg.runner import run
+    from estimator_vgg.store import OutputError
+    from estimator_vgg.writer import read_features
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    photo = tf.io.decode_image(tf.io.read_file(str(DEMO / "chelsea_cat.JPG")), channels=3)
+    big = tf.cast(tf.image.resize(photo, [1000, 1500]), tf.uint8)
+    (images / "big.jpg").write_bytes(tf.io.encode_jpeg(big, quality=90).numpy())
+    (images / "small.jpg").write_bytes((DEMO / "chelsea_cat.JPG").read_bytes())
+    rows = {}
+    for dct in (False, True):
+        cfg = make_config(tmp_path, input={"dir": str(images)},
+                          output={"dir": str(tmp_path / f"out{dct}")},
+                          preprocess={"jpeg_dct_scaling": dct}, devices={"batch_size": 2})
+        run(cfg)
+        paths, fc7 = read_features(tmp_path / f"out{dct}")
+        rows[dct] = dict(zip(paths, fc7))
+        fp = json.loads((tmp_path / f"out{dct}" / "manifest.json").read_text())["fingerprint"]
+        # off: the fingerprint of outputs made before the option existed, so they resume
+        assert fp["preprocessing"].get("jpeg_dct_scaling") is (True if dct else None)
+    np.testing.assert_array_equal(rows[True]["small.jpg"], rows[False]["small.jpg"])
+    assert not np.array_equal(rows[True]["big.jpg"], rows[False]["big.jpg"])
+    cfg = make_config(tmp_path, input={"dir": str(images)},
+                      output={"dir": str(tmp_path / "outFalse")},
+                      preprocess={"jpeg_dct_scaling": True})
+    with pytest.raises(OutputError, match="preprocessing.jpeg_dct_scaling: False in the output, "
+                                          "True now"):
+        run(cfg)
