@@ -1,10 +1,10 @@
-"""The Ray executor (`run.executor: ray`): the same job, one Ray task per output part.
+"""The Ray executor (`run.executor: ray`): the same job, one Ray task per shard of parts.
 
 The driver (runner.run) lists the images, opens the output and cuts the listing into parts
-exactly as a local run would. Here each part becomes a shard: a Ray task that runs the
-Estimator job on its node's devices over the part's files and writes the part's files
-atomically into output.dir (store.write_part). Only the driver lists parts in the manifest,
-and only in index order, so:
+exactly as a local run would. Here every run.ray.parts_per_shard consecutive parts become a
+shard: a Ray task that runs the Estimator job on its node's devices over the parts' files and
+writes them into the run's staging folder (Store.stage_dir). Only the driver moves a part into
+output.dir and lists it in the manifest, and only in index order, so:
   - the output equals a local run's: same parts, same rows, same order, same values;
   - a shard whose worker or node died is rerun by Ray (run.ray.max_retries); its files are
     rewritten whole, with the same content, and listed once;
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Dict, List
 
 from estimator_vgg.config import Config
-from estimator_vgg.store import STAGING_MARK
+from estimator_vgg.listing import display_path
+from estimator_vgg.store import STAGING_MARK, write_part
 from estimator_vgg.writer import part_name
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ class _PartWriter:
         self.written: List[dict] = []
 
     def commit(self, index, paths, fc7, errors) -> None:
-        from estimator_vgg.store import write_part
         write_part(self.out_dir, self.fmt, index, paths, fc7, errors)
         self.written.append({"index": index, "features": len(paths), "errors": list(errors)})
 
@@ -153,10 +153,11 @@ def connect(address):
     return ray
 
 
-def check_feasible(ray, resources: dict) -> None:
-    """Refuse at once when no node of the cluster could ever run a shard (Ray would wait)."""
+def check_feasible(nodes: List[dict], resources: dict) -> None:
+    """Refuse at once when none of the alive `nodes` (ray.nodes() entries) could ever run a
+    shard (Ray would wait forever)."""
     from estimator_vgg.runner import JobError
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = [n["Resources"] for n in nodes]
     need = {"CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}
     if any(all(n.get(k, 0) >= v for k, v in need.items()) for n in nodes):
         return
@@ -203,7 +204,8 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
     from estimator_vgg.runner import Done, JobError, check_error_fraction
 
     resources = task_resources(cfg)
-    check_feasible(ray, resources)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    check_feasible(nodes, resources)
     # Converted once, here; the shards restore the checkpoint from model.cache_dir.
     prepared = weights.prepare(cfg.model, located)
     run_id = uuid.uuid4().hex[:16]
@@ -226,7 +228,6 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
         files = [p.files for p in shard]
         mine = {f: blocked[f] for p in shard for f in p.files if f in blocked}
         pending[task.remote(shard_cfg, prep, stage, run_id, shard[0].index, files, mine)] = shard
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     log.info("ray: %d shards of up to %d parts of %d images, on %d node(s), each asking for %g "
              "CPUs and %g GPUs", len(shards), k, cfg.output.rows_per_part, len(nodes),
              resources["num_cpus"], resources["num_gpus"])
@@ -268,7 +269,7 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
             store.adopt_staged(stage, r["index"])
             store.record(r["index"], r["features"], len(r["errors"]))
             for rel, reason, message in r["errors"]:
-                log.warning("%s: %s (%s)", rel, reason, message)
+                log.warning("%s: %s (%s)", display_path(rel), reason, message)
             features += r["features"]
             errors += [tuple(e) for e in r["errors"]]
             listed += r["features"] + len(r["errors"])
@@ -276,7 +277,7 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
             check_error_fraction(cfg, seen_before + listed, errors_before + len(errors),
                                  errors, final=False)
         progress.update(files_finished, len(errors), shards=f"{shards_done}/{len(shards)}")
-    shutil.rmtree(stage.parent, ignore_errors=True)  # empty now; earlier runs' leftovers too
+    shutil.rmtree(stage.parent, ignore_errors=True)  # every part moved out: only the marker
     return Done(features, errors, first_shard_s,
                 record={"executor": "ray", "ray_nodes": len(nodes),
                         "connect_s": round(connect_s, 3), "shards": record})

@@ -226,11 +226,17 @@ def _no_duplicates(loader, node, deep=False):
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
+def _optional_of(tp: Any) -> Any:
+    """X for Optional[X], None for any other type."""
+    if typing.get_origin(tp) is typing.Union:
+        return [a for a in typing.get_args(tp) if a is not type(None)][0]
+    return None
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _type_name(args[0]) + " or null"
+    if _optional_of(tp) is not None:
+        return _type_name(_optional_of(tp)) + " or null"
     if origin in (tuple, Tuple):
         return "list of " + _type_name(typing.get_args(tp)[0])
     return {Path: "path", str: "string", int: "integer", bool: "boolean",
@@ -243,8 +249,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     if origin is typing.Union:
         if value is None:
             return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
-        return _coerce(key, inner, value)
+        return _coerce(key, _optional_of(tp), value)
     if origin in (tuple, Tuple):
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             value = [value]  # a lone value where a list is expected: `devices.gpus=0`
@@ -304,9 +309,7 @@ def _merge_section(tree: dict, cls: Any, name: str, body: Any, origin: str, base
 def _is_text(key: str) -> bool:
     """Whether a dotted key holds a string or a path (then an override is taken verbatim)."""
     tp = _leaf_types().get(key)
-    if typing.get_origin(tp) is typing.Union:
-        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
-    return tp in (str, Path)
+    return (_optional_of(tp) or tp) in (str, Path)
 
 
 def _nest(key: str, value: Any) -> dict:

@@ -87,6 +87,16 @@ def make_config(tmp_path, **sections):
     return load_config(None, **base)
 
 
+def job_config(tmp_path, images, out):
+    """A YAML config for running the job as a user would: synthetic weights, 2 CPU towers of
+    batch 1, every failure tolerated (the tests count them)."""
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"input:\n  dir: {images}\n  max_error_fraction: 1.0\noutput:\n  dir: {out}\n"
+                   f"model:\n  weights: synthetic\n  cache_dir: {ROOT / '.cache'}\n"
+                   f"devices:\n  cpus: 2\n  batch_size: 1\n")
+    return cfg
+
+
 def rel_diff(a, b):
     """Per-row relative L2 difference."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, ROOT
+from conftest import DEMO, ROOT, job_config
 from ray_cluster import descends_from, loopback_cluster
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (./run.sh test "
@@ -51,20 +51,12 @@ def inputs(tmp_path_factory):
     return d
 
 
-def _config(tmp_path, images, out):
-    cfg = tmp_path / "job.yaml"
-    cfg.write_text(f"input:\n  dir: {images}\n  max_error_fraction: 1.0\noutput:\n  dir: {out}\n"
-                   f"model:\n  weights: synthetic\n  cache_dir: {ROOT / '.cache'}\n"
-                   f"devices:\n  cpus: 2\n  batch_size: 1\n")
-    return cfg
-
-
 def _cmd(cfg, *overrides):
     return [sys.executable, "-m", "estimator_vgg", str(cfg), ROWS, *overrides]
 
 
 def _job(tmp_path, images, out, *overrides, env):
-    return subprocess.run(_cmd(_config(tmp_path, images, out), *overrides), env=env,
+    return subprocess.run(_cmd(job_config(tmp_path, images, out), *overrides), env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
 
@@ -111,7 +103,7 @@ def test_a_worker_killed_from_outside_is_replaced_and_its_shard_redone(
         cluster, inputs, local_output, tmp_path):
     out = tmp_path / "out"
     log = open(tmp_path / "driver.log", "w+")
-    proc = subprocess.Popen(_cmd(_config(tmp_path, inputs, out), "run.executor=ray",
+    proc = subprocess.Popen(_cmd(job_config(tmp_path, inputs, out), "run.executor=ray",
                                  f"run.ray.address={cluster.address}",
                                  "run.ray.parts_per_shard=2"),  # 2 shards of 2 parts
                             env=cluster.env, cwd=tmp_path, stdout=log, stderr=log, text=True)

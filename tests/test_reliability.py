@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, ROOT, run_py
+from conftest import DEMO, ROOT, job_config, run_py
 
 BAD = ROOT / "tests" / "fixtures" / "bad"
 # What the job must do with each fixture: None means a feature row.
@@ -24,14 +24,6 @@ EXPECTED = {
     "not_an_image.jpg": "not_an_image", "huge_header.png": "too_large",
     "links/dangling.jpg": "dangling_symlink", "links/outside.jpg": "symlink_outside_root",
 }
-
-
-def job_config(tmp_path, images, out):
-    cfg = tmp_path / "job.yaml"
-    cfg.write_text(f"input:\n  dir: {images}\n  max_error_fraction: 1.0\noutput:\n  dir: {out}\n"
-                   f"model:\n  weights: synthetic\n  cache_dir: {ROOT / '.cache'}\n"
-                   f"devices:\n  cpus: 2\n  batch_size: 1\n")
-    return cfg
 
 
 def job(tmp_path, images, out, *overrides, fault=None, env=None):
