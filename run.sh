@@ -1,73 +1,112 @@
 #!/usr/bin/env bash
-# estimator-vgg launcher. On first use it creates .venv beside this file and installs the
-# package with its pinned dependencies; later runs reuse it (and reinstall when setup.cfg or
-# pyproject.toml change).
+# estimator-vgg launcher. On first use it creates .venv beside this file (Python 3.11) and
+# installs the package through the lock file constraints-py311.txt; later runs reuse it (and
+# reinstall when setup.cfg, pyproject.toml or the lock change). Details: docs/install.md.
 #   ./run.sh CONFIG.yaml [section.key=value ...]   run the job
 #   ./run.sh test [pytest args ...]                 run the test suite (installs Ray too)
 #   ESTIMATOR_VGG_RAY=1 ./run.sh CONFIG.yaml ...    also install Ray, for run.executor: ray
+#   ESTIMATOR_VGG_GPU=1 ./run.sh CONFIG.yaml ...    also install TensorFlow's CUDA 12 and cuDNN
+#                                                   pip packages, for a GPU machine (NVIDIA
+#                                                   driver needed; about 2 GB more, once)
+#   ESTIMATOR_VGG_BENCH=1 ./run.sh ...              also install Pillow, for benchmarks/
+#                                                   (an installed extra stays installed)
 #   PYTHON=/path/to/python3.11 ./run.sh ...         choose the interpreter for a new .venv
 #                                                   (delete .venv to switch interpreters)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 
+LOCK="$ROOT/constraints-py311.txt"
+# Only Python 3.11: TensorFlow 2.15, the last release with tf.estimator, supports 3.9 to 3.11,
+# but the locked, tested dependency set (constraints-py311.txt) is for 3.11.
+WHY_311="TensorFlow 2.15, the last release with tf.estimator, supports Python 3.9-3.11, and"
+WHY_311="$WHY_311 the locked, tested dependency set (constraints-py311.txt) is for 3.11"
+
+py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+
 pick_python() {
-  # TensorFlow 2.15, the last release with tf.estimator, supports Python 3.9 to 3.11 only.
   local c v
   if [ -n "${PYTHON:-}" ]; then  # asked for by name: use it or say why not, never another
-    v="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" || {
+    v="$(py_version "$PYTHON")" || {
       echo "run.sh: PYTHON=$PYTHON does not run as a Python interpreter." >&2; return 1; }
-    case "$v" in
-      3.9|3.10|3.11) echo "$PYTHON"; return 0 ;;
-    esac
-    echo "run.sh: PYTHON=$PYTHON is Python $v; estimator-vgg needs Python 3.9, 3.10 or 3.11" \
-         "(TensorFlow 2.15, the last release with tf.estimator, supports no other)." >&2
+    if [ "$v" = "3.11" ]; then echo "$PYTHON"; return 0; fi
+    echo "run.sh: PYTHON=$PYTHON is Python $v; estimator-vgg needs Python 3.11 ($WHY_311)." \
+         "Point PYTHON=/path/to/python3.11 at a 3.11 interpreter." >&2
     return 1
   fi
-  for c in python3.11 python3.10 python3.9 python3; do
+  for c in python3.11 python3; do
     command -v "$c" >/dev/null 2>&1 || continue
-    v="$("$c" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" || continue
-    case "$v" in
-      3.9|3.10|3.11) echo "$c"; return 0 ;;
-    esac
+    v="$(py_version "$c")" || continue
+    if [ "$v" = "3.11" ]; then echo "$c"; return 0; fi
   done
-  echo "run.sh: no Python 3.9-3.11 found (python3 is $(python3 --version 2>/dev/null || echo missing))." \
-       "estimator-vgg needs Python 3.9, 3.10 or 3.11 because TensorFlow 2.15, the last release" \
-       "with tf.estimator, supports no other. Install Python 3.11 (for example" \
+  echo "run.sh: no Python 3.11 found (python3 is $(python3 --version 2>/dev/null || echo missing))." \
+       "estimator-vgg needs Python 3.11: $WHY_311. Install Python 3.11 (for example" \
        "'pyenv install 3.11' or your system's python3.11 package) and run again, or point" \
        "PYTHON=/path/to/python3.11 at it." >&2
   return 1
 }
 
-stamp() { cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | cksum | cut -d' ' -f1; }
+# Reinstall when the package metadata or the lock change.
+stamp() { cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$LOCK" | cksum | cut -d' ' -f1; }
 
 # Extras to install: the tests need Ray (they start a Ray cluster); a job needs it only for
-# run.executor: ray, asked for with ESTIMATOR_VGG_RAY=1. Once installed, an extra stays.
+# run.executor: ray, asked for with ESTIMATOR_VGG_RAY=1. ESTIMATOR_VGG_GPU=1 adds the gpu extra
+# (TensorFlow's CUDA pip packages), ESTIMATOR_VGG_BENCH=1 the bench extra. Once installed, an
+# extra stays: $1 is the extras the stamp says are installed.
 want_extras() {
-  if [ "${1:-}" = "test" ] || [ "${ESTIMATOR_VGG_RAY:-0}" = "1" ]; then echo "test,ray"
-  else echo "test"; fi
+  local have=",${1:-test}," cmd="${2:-}" out="test" x
+  case "$have" in *,ray,*) ;; *)
+    if [ "$cmd" = "test" ] || [ "${ESTIMATOR_VGG_RAY:-0}" = "1" ]; then have="$have,ray,"; fi ;;
+  esac
+  [ "${ESTIMATOR_VGG_GPU:-0}" = "1" ] && have="$have,gpu,"
+  [ "${ESTIMATOR_VGG_BENCH:-0}" = "1" ] && have="$have,bench,"
+  for x in ray gpu bench; do
+    case "$have" in *,"$x",*) out="$out,$x" ;; esac
+  done
+  echo "$out"
 }
 
 bootstrap() {
-  local want extras have_sum="" have_extras="" stampf="$VENV/.estimator-vgg-stamp"
-  want="$(stamp)"; extras="$(want_extras "${1:-}")"
+  local want extras have_sum="" have_extras="" stampf="$VENV/.estimator-vgg-stamp" v
+  if [ ! -f "$LOCK" ]; then
+    echo "run.sh: the lock file $LOCK is missing; make it with tools/refresh_lock.sh" >&2
+    return 1
+  fi
+  want="$(stamp)"
   if [ -f "$stampf" ]; then read -r have_sum have_extras < "$stampf" || true; fi
-  case ",${have_extras:-test}," in *,ray,*) extras="test,ray" ;; esac
+  extras="$(want_extras "${have_extras:-test}" "${1:-}")"
   if [ -x "$VENV/bin/python" ] && [ "$have_sum" = "$want" ] &&
      [ "${have_extras:-test}" = "$extras" ]; then
     return 0
   fi
-  local py; py="$(pick_python)"
+  local py
   if [ ! -x "$VENV/bin/python" ]; then
+    py="$(pick_python)"
     echo "run.sh: first use: creating $VENV with $py ($("$py" --version 2>&1))" >&2
     "$py" -m venv "$VENV"
+  else
+    v="$(py_version "$VENV/bin/python")" || v="unknown"
+    if [ "$v" != "3.11" ]; then
+      echo "run.sh: $VENV is Python $v; estimator-vgg needs Python 3.11 ($WHY_311)." \
+           "Delete $VENV and run again to recreate it with Python 3.11." >&2
+      return 1
+    fi
   fi
-  echo "run.sh: installing estimator-vgg[$extras] and its pinned dependencies (TensorFlow" \
-       "2.15.1 is about 500 MB; this takes a few minutes once)" >&2
+  if [ -n "$have_sum" ]; then
+    echo "run.sh: setup.cfg, pyproject.toml, the lock or the extras changed: installing" \
+         "estimator-vgg[$extras] through constraints-py311.txt" >&2
+  else
+    echo "run.sh: installing estimator-vgg[$extras] through constraints-py311.txt (TensorFlow" \
+         "2.15.1 is about 500 MB; this takes a few minutes once)" >&2
+  fi
+  case ",$extras," in *,gpu,*)
+    echo "run.sh: the gpu extra adds TensorFlow's CUDA 12 and cuDNN 8 pip packages (about" \
+         "2 GB of downloads more; an NVIDIA driver is needed to use them)" >&2 ;;
+  esac
   local logf="$VENV/install.log"
-  if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
-         "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT[$extras]"; } \
-       >"$logf" 2>&1; then
+  if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check -c "$LOCK" --upgrade pip &&
+         "$VENV/bin/python" -m pip install --disable-pip-version-check -c "$LOCK" \
+           -e "$ROOT[$extras]"; } >"$logf" 2>&1; then
     tail -n 30 "$logf" >&2
     echo "run.sh: installing the dependencies failed; the whole log is in $logf" >&2
     return 1
@@ -76,7 +115,7 @@ bootstrap() {
 }
 
 if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
   if [ -x "$VENV/bin/python" ]; then echo; exec "$VENV/bin/python" -m estimator_vgg --help; fi
   exit 0
 fi
