@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from estimator_vgg.manifest import Fingerprint  # noqa: E402
 from estimator_vgg.store import Store  # noqa: E402
 from estimator_vgg.writer import read_features  # noqa: E402
 
@@ -34,7 +35,8 @@ def ours_write(out: Path, n: int) -> float:
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     store = Store(out, "parquet")
-    store.open({"output_format": "parquet", "benchmark": "output_stage"}, {}, overwrite=False)
+    store.open(Fingerprint.from_dict({"output_format": "parquet", "benchmark": "output_stage"}),
+               {}, overwrite=False)
     for index, lo in enumerate(range(0, n, PART)):
         hi = min(lo + PART, n)
         store.commit(index, [f"img/{i:08d}.jpg" for i in range(lo, hi)],

@@ -52,7 +52,8 @@ def main() -> None:
 
     import numpy as np
 
-    from estimator_vgg.writer import read_features, read_manifest
+    from estimator_vgg.manifest import read_manifest
+    from estimator_vgg.writer import read_features
     from ray_cluster import loopback_cluster
     from throughput import make_images
 
@@ -66,12 +67,12 @@ def main() -> None:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
 
     local_s = _job(cfg, tmp / "local", env)
-    local = read_manifest(tmp / "local")["runs"][-1]
+    local = read_manifest(tmp / "local").runs[-1].to_dict()
     with loopback_cluster(nodes=2, cpus_per_node=1, env={"PYTHONPATH": str(ROOT)}) as c:
         ray_s = _job(cfg, tmp / "ray", c.env, "run.executor=ray",
                      f"run.ray.address={c.address}")
         start_s = c.start_s
-    run = read_manifest(tmp / "ray")["runs"][-1]
+    run = read_manifest(tmp / "ray").runs[-1].to_dict()
     a, b = read_features(tmp / "local"), read_features(tmp / "ray")
     same = a[0] == b[0] and np.array_equal(a[1], b[1])
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BATCH = 8
+# Images per step (per tower); --batch sets it, and the measuring children read it from here.
+BATCH = int(os.environ.get("THROUGHPUT_BATCH", "8"))
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> None:
@@ -285,8 +286,13 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["ceiling", "job", "seed", "keras"])
     ap.add_argument("--memory", type=int, nargs=2, metavar=("SMALL", "LARGE"),
                     help="instead: peak memory of the job (float32) at two image counts")
+    ap.add_argument("--batch", type=int, default=BATCH,
+                    help="images per step for the model, the job and the baselines (default 8)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global BATCH
+    BATCH = args.batch
+    os.environ["THROUGHPUT_BATCH"] = str(BATCH)  # the children measure with it
     if args.child:
         return child(*args.child)
     print(f"# {machine()}")

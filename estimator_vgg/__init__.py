@@ -6,10 +6,18 @@
     for p in est.predict(input_fn(cfg, list_images(cfg.input.dir, cfg.input.extensions))):
         p["path"], p["fc7"]
 
-TensorFlow is imported only when a name that needs it is first used, so the config and the
-listing stay light.
+The light-module rule, stated once: the modules in LIGHT_MODULES never import TensorFlow (or
+anything that does) at import time, so `--dry-run`, the config checks, the readers of an output
+and their tests start in milliseconds. What both sides need lives in a light module that the
+heavy ones import (recipe.py: the preprocessing recipe and fc7's width; faults.py: the crash
+hook; devices.py: device names, importing TensorFlow only inside the functions that ask it),
+never as a copy. A test imports each light module alone and checks that TensorFlow stayed out.
+The names below are imported only when first used, for the same reason.
 """
 __version__ = "0.1.0"
+
+LIGHT_MODULES = ("config", "devices", "faults", "listing", "manifest", "plan", "progress",
+                 "recipe", "store", "writer")
 
 _LAZY = {
     "load_config": "estimator_vgg.config",

@@ -110,7 +110,7 @@ def run_main(argv: List[str]) -> int:
 
     import tensorflow as tf
 
-    from estimator_vgg.estimator import DeviceError
+    from estimator_vgg.devices import DeviceError
     from estimator_vgg.listing import ListingError
     from estimator_vgg.progress import for_stream
     from estimator_vgg.runner import JobError, run

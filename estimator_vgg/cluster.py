@@ -1,6 +1,6 @@
 """The Ray executor (`run.executor: ray`): the same job, one Ray task per shard of parts.
 
-The driver (runner.run) lists the images, opens the output and cuts the listing into parts
+The driver (runner.run, which chooses this executor) lists the images, opens the output and cuts the listing into parts
 exactly as a local run would. Here every run.ray.parts_per_shard consecutive parts become a
 shard: a Ray task that runs the Estimator job on its node's devices over the parts' files and
 writes them into the run's staging folder (Store.stage_dir). Only the driver moves a part into
@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Dict, List
 
 from estimator_vgg.config import Config
+from estimator_vgg.devices import renumbered_for_task
+from estimator_vgg.faults import forwarded_env
 from estimator_vgg.listing import display_path
+from estimator_vgg.manifest import part_name
+from estimator_vgg.parts import Done, JobError, check_error_fraction
 from estimator_vgg.store import STAGING_MARK, write_part
-from estimator_vgg.writer import part_name
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, first_index: in
     import ray
     import tensorflow as tf
 
-    from estimator_vgg.runner import JobError, _Accountant, _Part, stream_rows
+    from estimator_vgg.parts import Part, embed_parts
 
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":  # the driver's -v shows them
         tf.get_logger().setLevel(logging.ERROR)
@@ -99,25 +102,21 @@ def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, first_index: in
                            f"which the driver made. On a Ray cluster, input.dir, output.dir and "
                            f"model.cache_dir must be on storage every node mounts at the same "
                            f"path")
-    parts = [_Part(first_index + k, list(f)) for k, f in enumerate(files)]
+    parts = [Part(first_index + k, list(f)) for k, f in enumerate(files)]
     writer = _PartWriter(Path(stage), cfg.output.format)
-    accountant = _Accountant(cfg, writer, parts, blocked, 0, 0, early_stop=False)
-    feed = [[f for f in p.files if f not in blocked] for p in parts]
-    first_batch_s = stream_rows(cfg, prepared, feed, accountant, start)
-    accountant.finish()
+    done = embed_parts(cfg, lambda: prepared, writer, parts, blocked, start=start,
+                       early_stop=False)  # the driver checks the error fraction, in order
+    first_batch_s = done.first_batch_s
     return {"parts": writer.written, "node": node, "pid": os.getpid(),
             "seconds": round(time.time() - start, 3), "first_batch_s": round(first_batch_s, 3),
             "fresh_worker": fresh, "worker_age_s": round(age_s, 3)}
 
 
 def shard_config(cfg: Config) -> Config:
-    """The config a shard runs with. Ray hands a task the GPUs it reserved by setting
-    CUDA_VISIBLE_DEVICES, so inside the task they are GPUs 0..n-1 whatever ids
-    devices.gpus names: only the number of GPUs carries over."""
-    if not cfg.devices.gpus:
-        return cfg
-    devices = dataclasses.replace(cfg.devices, gpus=tuple(range(len(cfg.devices.gpus))))
-    return dataclasses.replace(cfg, devices=devices)
+    """The config a shard runs with: its devices as the task sees them
+    (devices.renumbered_for_task)."""
+    devices = renumbered_for_task(cfg.devices)
+    return cfg if devices is cfg.devices else dataclasses.replace(cfg, devices=devices)
 
 
 def task_resources(cfg: Config) -> dict:
@@ -128,7 +127,6 @@ def task_resources(cfg: Config) -> dict:
 
 def connect(address):
     """ray.init for run.ray.address: None starts a private local cluster."""
-    from estimator_vgg.runner import JobError
     try:
         import ray
         import ray.exceptions as rex
@@ -156,7 +154,6 @@ def connect(address):
 def check_feasible(nodes: List[dict], resources: dict) -> None:
     """Refuse at once when none of the alive `nodes` (ray.nodes() entries) could ever run a
     shard (Ray would wait forever)."""
-    from estimator_vgg.runner import JobError
     nodes = [n["Resources"] for n in nodes]
     need = {"CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}
     if any(all(n.get(k, 0) >= v for k, v in need.items()) for n in nodes):
@@ -171,8 +168,6 @@ def run_shards(cfg: Config, located, store, parts, blocked: Dict[str, tuple], pr
                seen_before: int, errors_before: int, start: float):
     """Run the parts as Ray tasks (run.ray.parts_per_shard consecutive parts each); list
     finished parts in the manifest in index order."""
-    from estimator_vgg.runner import JobError
-
     connect_start = time.time()
     ray = connect(cfg.run.ray.address)
     connect_s = time.time() - connect_start
@@ -201,7 +196,6 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
     import ray.exceptions as rex
 
     from estimator_vgg import weights
-    from estimator_vgg.runner import Done, JobError, check_error_fraction
 
     resources = task_resources(cfg)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -212,9 +206,9 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
     stage = store.stage_dir(run_id)
     # The driver's TensorFlow log level (quiet unless -v) reaches the workers before they
     # import TensorFlow; otherwise every worker's start-up lines would bury the log. So do the
-    # test hooks of store.fault.
+    # test hooks of faults.py.
     env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")}
-    env.update({k: v for k, v in os.environ.items() if k.startswith("ESTIMATOR_VGG_FAULT")})
+    env.update(forwarded_env())
     # A GPU task gets a fresh worker each time (max_calls=1): TensorFlow keeps the GPUs it
     # opened for the life of the process, whatever CUDA_VISIBLE_DEVICES Ray sets next.
     task = ray.remote(max_calls=1 if cfg.devices.gpus else 0)(embed_shard).options(

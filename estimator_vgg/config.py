@@ -17,7 +17,8 @@ from typing import Any, Mapping, Optional, Tuple
 
 import yaml
 
-RESIZE_POLICIES = ("center_crop", "squash")
+from estimator_vgg.recipe import RESIZE_POLICIES
+
 OUTPUT_FORMATS = ("parquet", "npy", "csv")
 NAMED_WEIGHTS = ("imagenet", "synthetic")
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -103,17 +104,6 @@ class DevicesConfig:
                                 "cannot run them. Off, a wrong device map fails loudly instead of "
                                 "collapsing silently onto one device.", default=False)
 
-    def device_names(self) -> list:
-        """One TensorFlow device name per tower.
-
-        GPUs are named as the session sees them: `visible_device_list` renumbers the configured
-        ids from 0, so `gpus: [2, 3]` gives towers on /device:GPU:0 and /device:GPU:1 of the
-        session, which are physical GPUs 2 and 3.
-        """
-        if self.gpus:
-            return [f"/device:GPU:{i}" for i in range(len(self.gpus))]
-        return [f"/device:CPU:{i}" for i in range(self.cpus or 1)]
-
 
 @dataclass(frozen=True)
 class OutputConfig:
@@ -148,7 +138,7 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class ExecutionConfig:
     executor: str = _doc("`local`: this process, over the devices of this machine. `ray`: the "
                          "listing is cut into the same parts as locally, and shards of "
                          "`run.ray.parts_per_shard` parts each become a Ray task running the "
@@ -164,7 +154,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: ExecutionConfig = field(default_factory=ExecutionConfig)
     source: Optional[Path] = None  # the YAML file this came from, if any
 
     @property
@@ -191,7 +181,7 @@ def _plain(obj: Any) -> dict:
 
 
 _SECTIONS = {"input": InputConfig, "preprocess": PreprocessConfig, "model": ModelConfig,
-             "devices": DevicesConfig, "output": OutputConfig, "run": RunConfig}
+             "devices": DevicesConfig, "output": OutputConfig, "run": ExecutionConfig}
 
 
 def _leaves(cls: Any, prefix: str):
@@ -378,11 +368,36 @@ def _resolve(p: str, base: Path) -> Path:
     return Path(os.path.abspath(q if q.is_absolute() else base / q))
 
 
+def _extensions(v: Tuple[str, ...], base: Path) -> Tuple[str, ...]:
+    return tuple(sorted({e.lower().lstrip(".") for e in v}))
+
+
+def _weights(v: str, base: Path) -> str:
+    return v if v in NAMED_WEIGHTS else str(_resolve(v, base))
+
+
+def _ray_address(v: Optional[str], base: Path) -> Optional[str]:
+    # `run.ray.address=null` on the command line arrives as text: it means no address too
+    if v is None or v.strip().lower() in ("", "null", "~", "none"):
+        return None
+    return v.strip()
+
+
+# Values put in their canonical form while the sections are built (defaults included), so
+# the frozen Config is never rewritten afterwards. Path keys are resolved by their type.
+_NORMALISE = {
+    "input.extensions": _extensions,
+    "model.weights": _weights,
+    "model.cache_dir": lambda v, base: v.expanduser(),
+    "run.ray.address": _ray_address,
+}
+
+
 def _build(tree: dict, bases: dict, source: Optional[Path]) -> Config:
     built = {sec: _build_section(cls, sec, tree.get(sec, {}), bases)
              for sec, cls in _SECTIONS.items()}
     cfg = Config(source=source, **built)
-    _validate(cfg, bases)
+    _validate(cfg)
     return cfg
 
 
@@ -393,15 +408,20 @@ def _build_section(cls: Any, name: str, tree: dict, bases: dict) -> Any:
         key = f"{name}.{f.name}"
         if dataclasses.is_dataclass(hints[f.name]):
             kwargs[f.name] = _build_section(hints[f.name], key, tree.get(f.name, {}), bases)
-        elif f.name in tree:
-            v = _coerce(key, hints[f.name], tree[f.name])
-            if hints[f.name] is Path and v is not None:
-                v = _resolve(v, bases[key])
+        else:
+            if f.name in tree:
+                v = _coerce(key, hints[f.name], tree[f.name])
+                if hints[f.name] is Path and v is not None:
+                    v = _resolve(v, bases[key])
+            else:
+                v = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            if key in _NORMALISE and v is not None:
+                v = _NORMALISE[key](v, bases.get(key, Path.cwd()))
             kwargs[f.name] = v
     return cls(**kwargs)
 
 
-def _validate(cfg: Config, bases: dict) -> None:
+def _validate(cfg: Config) -> None:
     i, p, m, d, o = cfg.input, cfg.preprocess, cfg.model, cfg.devices, cfg.output
     if i.dir is None:
         raise ConfigError("input.dir is required: the folder of images to embed")
@@ -415,8 +435,6 @@ def _validate(cfg: Config, bases: dict) -> None:
         raise ConfigError(f"input.max_pixels: must be at least 1, got {i.max_pixels}")
     if not i.extensions:
         raise ConfigError("input.extensions is empty: name at least one extension, like jpg")
-    object.__setattr__(i, "extensions",
-                       tuple(sorted({e.lower().lstrip(".") for e in i.extensions})))
     for key, v in (("input.decode_threads", i.decode_threads),
                    ("input.prefetch_batches", i.prefetch_batches),
                    ("devices.batch_size", d.batch_size), ("output.rows_per_part", o.rows_per_part)):
@@ -437,7 +455,7 @@ def _validate(cfg: Config, bases: dict) -> None:
         raise ConfigError(f"output.format: {o.format!r} is not a format; choose one of "
                           f"{', '.join(OUTPUT_FORMATS)}")
     if m.weights not in NAMED_WEIGHTS:
-        w = _resolve(m.weights, bases.get("model.weights", Path.cwd()))
+        w = Path(m.weights)  # made absolute while building
         if not w.is_file():
             raise ConfigError(f"model.weights: file {w} does not exist; give a Keras .h5 or a "
                               f"tensorflow-vgg .npy file, or `imagenet` to download Keras' "
@@ -449,8 +467,6 @@ def _validate(cfg: Config, bases: dict) -> None:
             raise ConfigError(f"model.weights: {w} is a .npy file, which is read with Python's "
                               f"pickle and can run code hidden in the file. If you trust it, set "
                               f"model.allow_pickle: true; otherwise convert it to .h5 elsewhere")
-        object.__setattr__(m, "weights", str(w))
-    object.__setattr__(m, "cache_dir", m.cache_dir.expanduser())
     if d.gpus is not None and d.cpus is not None:
         raise ConfigError("devices.gpus and devices.cpus are both set: name GPUs, or a number of "
                           "CPU towers, not both")
@@ -473,11 +489,6 @@ def _validate(cfg: Config, bases: dict) -> None:
                           f"{r.ray.parts_per_shard}")
     if r.ray.max_retries < 0:
         raise ConfigError(f"run.ray.max_retries: must be 0 or more, got {r.ray.max_retries}")
-    if r.ray.address is not None:
-        address = r.ray.address.strip()
-        # `run.ray.address=null` on the command line arrives as text: it means no address too
-        object.__setattr__(r.ray, "address",
-                           None if address.lower() in ("", "null", "~", "none") else address)
     if r.ray.cpus_per_task != round(r.ray.cpus_per_task, 4) or r.ray.cpus_per_task > 1e6:
         raise ConfigError(f"run.ray.cpus_per_task: Ray counts CPUs in steps of 0.0001, got "
                           f"{r.ray.cpus_per_task}")
@@ -501,5 +512,24 @@ def reference_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
+REFERENCE_DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+REFERENCE_MARKERS = ("<!-- config-reference:start -->", "<!-- config-reference:end -->")
+
+
+def reference_in_doc(text: str) -> str:
+    """The generated table as it stands between the markers of docs/configuration.md."""
+    start, end = REFERENCE_MARKERS
+    if start not in text or end not in text:
+        raise ValueError(f"{REFERENCE_DOC} lost its markers {start} ... {end}")
+    return text.split(start, 1)[1].split(end, 1)[0].strip("\n") + "\n"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(reference_markdown())
+    # python -m estimator_vgg.config          print the reference table
+    # python -m estimator_vgg.config --write  put it into docs/configuration.md
+    if sys.argv[1:] == ["--write"]:
+        text = REFERENCE_DOC.read_text(encoding="utf-8")
+        old = reference_in_doc(text)
+        REFERENCE_DOC.write_text(text.replace(old, reference_markdown(), 1), encoding="utf-8")
+    else:
+        sys.stdout.write(reference_markdown())

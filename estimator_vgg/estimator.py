@@ -1,8 +1,8 @@
-"""The tf.estimator face of the job: model_fn (VGG16 to fc7 over towers), RunConfig, devices.
+"""The tf.estimator face of the job: model_fn (VGG16 to fc7 over towers) and the Estimator.
 
 Estimator.predict in TF 2.15 ignores the distribution strategies and RunConfig.device_fn, so the
-fan-out over devices happens inside model_fn (see towers.py), and the session config names the
-devices. Usage, from a notebook:
+fan-out over devices happens inside model_fn (see towers.py), and the session config
+(devices.py) makes the devices exist. Usage, from a notebook:
 
     cfg = load_config("configs/demo.yaml")
     est = build_estimator(cfg)
@@ -12,62 +12,16 @@ devices. Usage, from a notebook:
 from __future__ import annotations
 
 import logging
-import os
-from typing import List, Optional
+from typing import Optional
 
 import tensorflow as tf
 
 from estimator_vgg import towers, vgg16
 from estimator_vgg import weights as weights_mod
-from estimator_vgg.config import Config, DevicesConfig
+from estimator_vgg.config import Config
+from estimator_vgg.devices import HOST, check_devices, session_config, tower_devices
 
 log = logging.getLogger(__name__)
-
-HOST = "/device:CPU:0"
-
-
-class DeviceError(RuntimeError):
-    """The config names a device this machine does not have."""
-
-
-def tower_devices(devices: DevicesConfig) -> List[str]:
-    """One TensorFlow device name per tower (see DevicesConfig.device_names)."""
-    return devices.device_names()
-
-
-def session_config(devices: DevicesConfig) -> tf.compat.v1.ConfigProto:
-    """The session config that makes the towers' devices exist.
-
-    It replaces Estimator's defaults entirely, so soft placement is set here explicitly.
-    """
-    if devices.gpus:
-        gpu_options = tf.compat.v1.GPUOptions(
-            visible_device_list=",".join(str(g) for g in devices.gpus), allow_growth=True)
-        return tf.compat.v1.ConfigProto(allow_soft_placement=devices.soft_placement,
-                                        device_count={"GPU": len(devices.gpus), "CPU": 1},
-                                        gpu_options=gpu_options)
-    return tf.compat.v1.ConfigProto(allow_soft_placement=devices.soft_placement,
-                                    device_count={"CPU": devices.cpus or 1, "GPU": 0})
-
-
-def check_devices(devices: DevicesConfig) -> None:
-    """Stop before any work if the config names a GPU that TensorFlow cannot see."""
-    if not devices.gpus:
-        cpus = devices.cpus or 1
-        if cpus > (os.cpu_count() or 1):
-            log.warning("devices.cpus=%d towers on %d cores: CPU towers share the cores, so "
-                        "more towers than cores add memory, not speed", cpus, os.cpu_count())
-        return
-    found = tf.config.list_physical_devices("GPU")
-    missing = [g for g in devices.gpus if g >= len(found)]
-    if missing:
-        have = (f"GPUs {list(range(len(found)))}" if found else
-                "no GPU (check nvidia-smi, the CUDA libraries, and that TensorFlow was installed "
-                "with GPU support: pip install 'tensorflow[and-cuda]==2.15.1')")
-        raise DeviceError(f"devices.gpus names GPU {', '.join(map(str, missing))}, but "
-                          f"TensorFlow sees {have}. Set devices.gpus to ids that exist, or use "
-                          f"devices.cpus")
-
 
 def model_fn(features, labels, mode, params):
     """VGG16 up to fc7, one tower per device in params["devices"]; PREDICT mode only.

@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from estimator_vgg.writer import iter_parts, read_manifest
+from estimator_vgg.manifest import Manifest, read_manifest
+from estimator_vgg.writer import iter_parts
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def _unit(m: np.ndarray) -> np.ndarray:
     return m / np.maximum(norms, np.float32(1e-12))  # an all-zero row scores 0 against anything
 
 
-def manifest_of(out_dir: Path) -> dict:
+def manifest_of(out_dir: Path) -> Manifest:
     manifest = read_manifest(out_dir)
     if manifest is None:
         raise SearchError(f"{out_dir} has no manifest.json: not an estimator-vgg output folder")
@@ -48,12 +49,12 @@ def manifest_of(out_dir: Path) -> dict:
 
 def input_root(out_dir: Path) -> Path:
     """The input.dir the output was made from (where its relative paths point)."""
-    return Path(manifest_of(out_dir)["config"]["input"]["dir"])
+    return manifest_of(out_dir).input_dir
 
 
 def describe(out_dir: Path) -> str:
     """The output's name for the page, with a warning when its weights were synthetic."""
-    synthetic = manifest_of(out_dir)["fingerprint"].get("synthetic_weights")
+    synthetic = manifest_of(out_dir).fingerprint.synthetic_weights
     return f"{out_dir}" + (" (synthetic weights: not ImageNet features)" if synthetic else "")
 
 
@@ -70,7 +71,7 @@ def embed_file(out_dir: Path, file: Path) -> np.ndarray:
     from estimator_vgg.config import load_config
 
     manifest = manifest_of(out_dir)
-    c = manifest["config"]
+    c = manifest.config
     cfg = load_config(
         None, input={"dir": str(Path(file).resolve().parent), "max_pixels": c["input"]["max_pixels"]},
         preprocess=c["preprocess"],
@@ -84,10 +85,11 @@ def embed_file(out_dir: Path, file: Path) -> np.ndarray:
     from estimator_vgg.input import input_fn
 
     prepared = weights.prepare(cfg.model)
-    if prepared.sha256 != manifest["fingerprint"]["weights_sha256"]:
+    made_with = manifest.fingerprint.weights_sha256
+    if prepared.sha256 != made_with:
         raise SearchError(f"the weights {cfg.model.weights} now have sha256 "
                           f"{prepared.sha256[:12]}, but {out_dir} was made with "
-                          f"{manifest['fingerprint']['weights_sha256'][:12]}: the query would "
+                          f"{made_with[:12]}: the query would "
                           f"not be comparable")
     est = build_estimator(cfg, prepared)
     rows = list(est.predict(input_fn(cfg, [Path(file).name]), yield_single_examples=False,

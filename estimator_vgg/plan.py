@@ -9,8 +9,10 @@ from collections import Counter
 from pathlib import Path
 
 from estimator_vgg.config import Config
+from estimator_vgg.devices import tensorflow_build, tower_devices
 from estimator_vgg.listing import display_path, list_images
-from estimator_vgg.writer import committed_paths, read_manifest
+from estimator_vgg.manifest import read_manifest
+from estimator_vgg.writer import committed_paths
 
 IMAGENET_CACHE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 
@@ -48,10 +50,10 @@ def dry_run(cfg: Config) -> str:
         state = "output.overwrite: existing features, errors and manifest would be deleted"
     elif manifest is not None:
         done = committed_paths(cfg.output.dir, manifest)
-        state = (f"resuming ({len(manifest['parts'])} parts committed; weights and "
+        state = (f"resuming ({len(manifest.parts)} parts committed; weights and "
                  f"preprocessing are checked against the manifest when the job starts)")
     todo = sum(1 for p in listing if display_path(p) not in done)
-    devices = cfg.devices.device_names()
+    devices = tower_devices(cfg.devices)
     lines = [
         "dry run: nothing is read, converted or written",
         f"  input.dir    {cfg.input.dir}",
@@ -62,6 +64,7 @@ def dry_run(cfg: Config) -> str:
         f"  output       {cfg.output.dir} ({cfg.output.format}): {state}",
         f"  devices      {', '.join(devices)} ({cfg.devices.batch_size} images per tower per "
         f"step; GPUs are checked when the job starts)",
+        f"  tensorflow   {tensorflow_build()}",
         f"  weights      {_weights_text(cfg)}",
         f"  preprocess   {cfg.preprocess.resize}, antialias {cfg.preprocess.antialias}"
         f"{', JPEG DCT scaling' if cfg.preprocess.jpeg_dct_scaling else ''}",

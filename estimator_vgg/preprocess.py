@@ -1,16 +1,15 @@
 """Image bytes to VGG16 input: decode, to RGB, the named resize policy, Caffe preprocessing.
 
 Pure TensorFlow functions with no state; they run inside tf.data and in tests alone.
-The constants are those of the Caffe-trained VGG16 weights (Keras, tensorflow-vgg):
-RGB 0..255 reordered to BGR, minus the ImageNet channel means, no scaling.
+The constants (recipe.py) are those of the Caffe-trained VGG16 weights (Keras, tensorflow-vgg):
+RGB 0..255 reordered to BGR, minus the ImageNet channel means, no scaling. recipe.py also names
+this recipe for the outputs' fingerprints: change what happens here, bump it there.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
-IMAGE_SIZE = 224
-# ImageNet means in B, G, R order, as subtracted by the Caffe-derived VGG16 weights.
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+from estimator_vgg.recipe import CAFFE_BGR_MEAN, IMAGE_SIZE, RESIZE_POLICIES  # noqa: F401
 
 
 def header_size(contents: tf.Tensor) -> tf.Tensor:

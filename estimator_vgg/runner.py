@@ -1,40 +1,34 @@
-"""The job: list the images, prepare the weights, stream Estimator.predict into committed parts.
+"""The job: list the images, open the output, choose the executor, record the run.
 
-The only module that wires the stages together (listing -> input_fn -> estimator -> store).
-Every listed file ends in exactly one of two tables: features (its fc7 row) or errors (why it
-failed). Rows come back from the Estimator in listing order with their paths; a file the
-pipeline dropped is noticed as a gap in that order and classified (probe.py).
+The only module that wires the stages together (listing -> store -> an executor). The local
+executor is here; the Ray executor is cluster.py; both do the per-part work of parts.py, and
+neither imports this module.
 """
 from __future__ import annotations
 
 import logging
 import platform
-from collections import Counter
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
-import numpy as np
 import tensorflow as tf
 
-from estimator_vgg import __version__, preprocess, probe, weights
+from estimator_vgg import __version__, probe, weights
 from estimator_vgg.config import Config
-from estimator_vgg.estimator import build_estimator, tower_devices
-from estimator_vgg.input import input_fn
+from estimator_vgg.devices import precision_hint, tower_devices
 from estimator_vgg.listing import display_path, list_images
-from estimator_vgg.store import Store, fault
-from estimator_vgg.writer import ERRORS, part_name
+from estimator_vgg.manifest import ERRORS, Fingerprint, RunRecord
+from estimator_vgg.parts import (Done, JobError, Part, check_error_fraction, cut_parts,
+                                 embed_parts)
+from estimator_vgg.store import Store
 
 log = logging.getLogger(__name__)
 
-MIN_FILES_FOR_EARLY_STOP = 100
-PREPROCESS_RECIPE = "decode-rgb, resize, caffe-bgr-mean/v1"
-
-
-class JobError(RuntimeError):
-    """The job cannot go on; the message names the file or setting and what to do."""
+__all__ = ["JobError", "Summary", "run", "fingerprint"]
 
 
 @dataclass
@@ -59,24 +53,9 @@ class Summary:
         return self.new_features / self.seconds if self.seconds else 0.0
 
 
-def fingerprint(cfg: Config, located: weights.Located) -> dict:
+def fingerprint(cfg: Config, located: weights.Located) -> Fingerprint:
     """What the features depend on; an output made with another fingerprint is not resumed."""
-    return {
-        "model": "vgg16/fc7",
-        "precision": cfg.model.precision,
-        "weights_sha256": located.sha256,
-        "synthetic_weights": located.synthetic,
-        "preprocessing": {"recipe": PREPROCESS_RECIPE, "resize": cfg.preprocess.resize,
-                          "antialias": cfg.preprocess.antialias,
-                          "image_size": preprocess.IMAGE_SIZE,
-                          "mean_bgr": list(preprocess.CAFFE_BGR_MEAN),
-                          # Only when on: outputs made before the option keep their fingerprint.
-                          **({"jpeg_dct_scaling": True}
-                             if cfg.preprocess.jpeg_dct_scaling else {})},
-        "output_format": cfg.output.format,
-        # The rows' paths are relative to it: another folder's a.jpg is another image.
-        "input_dir": str(cfg.input.dir),
-    }
+    return Fingerprint.of(cfg, located)
 
 
 def _versions() -> dict:
@@ -85,132 +64,6 @@ def _versions() -> dict:
     return {"estimator_vgg": __version__, "tensorflow": tf.__version__,
             "numpy": numpy.__version__, "pyarrow": pyarrow.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
-
-
-@dataclass
-class _Part:
-    index: int
-    files: List[str]                       # every listed file of the part, in order
-    pos: int = 0                           # files accounted for so far
-    paths: List[str] = field(default_factory=list)
-    fc7: List[np.ndarray] = field(default_factory=list)
-    errors: List[Tuple[str, str, str]] = field(default_factory=list)
-
-
-class _Accountant:
-    """Walks the expected listing as rows arrive; gaps become error rows; full parts commit."""
-
-    def __init__(self, cfg: Config, store, parts: List[_Part], blocked: Dict[str, tuple],
-                 seen_before: int, errors_before: int, early_stop: bool = True):
-        """store: anything with commit(index, paths, fc7, errors) (a Store, or a Ray shard's
-        part writer); early_stop: check input.max_error_fraction after each part."""
-        self.cfg, self.store, self.parts, self.blocked = cfg, store, parts, blocked
-        self.early_stop = early_stop
-        self.current = 0
-        self.features = 0
-        self.errors: List[Tuple[str, str, str]] = []
-        self.seen_before, self.errors_before = seen_before, errors_before
-        self.seen = 0
-
-    def _fail(self, part: _Part, rel: str) -> None:
-        if rel in self.blocked:
-            reason, message = self.blocked[rel]
-        else:
-            reason, message = probe.classify(self.cfg.input.dir, rel, self.cfg.input.max_pixels,
-                                             self.cfg.input.follow_external_symlinks,
-                                             self.cfg.preprocess.jpeg_dct_scaling)
-        log.warning("%s: %s (%s)", display_path(rel), reason, message)
-        part.errors.append((rel, reason, message))
-        self.errors.append((rel, reason, message))
-
-    def _commit_full_parts(self) -> None:
-        while (self.current < len(self.parts)
-               and self.parts[self.current].pos == len(self.parts[self.current].files)):
-            part = self.parts[self.current]
-            fc7 = np.concatenate(part.fc7) if part.fc7 else None
-            self.store.commit(part.index, part.paths, fc7, part.errors)
-            self.seen += len(part.files)
-            part.fc7, part.paths = [], []  # free the rows
-            self.current += 1
-            if self.early_stop:
-                self.check_error_fraction(final=False)
-
-    def _gap_before(self, rel: str) -> int:
-        """How many expected files precede `rel` (they were dropped by the pipeline)."""
-        gap = 0
-        for part in self.parts[self.current:]:
-            for f in part.files[part.pos if part is self.parts[self.current] else 0:]:
-                if f == rel:
-                    return gap
-                gap += 1
-        raise JobError(f"internal error: a row for {rel!r} arrived that the listing does not "
-                       f"expect at this point; the parts written so far are whole, rerun to "
-                       f"resume")
-
-    def row(self, rel: str, fc7: np.ndarray) -> None:
-        self._commit_full_parts()
-        part = self.parts[self.current]
-        if part.files[part.pos] != rel:
-            for _ in range(self._gap_before(rel)):
-                self._fail(part, part.files[part.pos])
-                part.pos += 1
-                self._commit_full_parts()
-                part = self.parts[self.current]
-        part.paths.append(rel)
-        part.fc7.append(fc7[None, :])
-        part.pos += 1
-        self.features += 1
-
-    def finish(self) -> None:
-        """The stream ended: every file not yet accounted for failed."""
-        self._commit_full_parts()
-        for part in self.parts[self.current:]:
-            while part.pos < len(part.files):
-                self._fail(part, part.files[part.pos])
-                part.pos += 1
-            self._commit_full_parts()
-
-    def check_error_fraction(self, final: bool) -> None:
-        check_error_fraction(self.cfg, self.seen_before + self.seen,
-                             self.errors_before + len(self.errors), self.errors, final)
-
-
-def check_error_fraction(cfg: Config, seen: int, errors: int,
-                         run_errors: List[Tuple[str, str, str]], final: bool) -> None:
-    """Stop the job when more than input.max_error_fraction of the files seen failed."""
-    limit = cfg.input.max_error_fraction
-    if seen and (final or seen >= MIN_FILES_FOR_EARLY_STOP) and errors / seen > limit:
-        raise JobError(f"{errors} of {seen} files failed ({errors / seen:.1%}), above "
-                       f"input.max_error_fraction={limit}: "
-                       f"{probe.reason_counts(run_errors)} in this run. The parts done so "
-                       f"far are kept; see {cfg.output.dir / 'errors'}, fix the "
-                       f"inputs or raise the limit, and rerun to resume")
-
-
-def stream_rows(cfg: Config, prepared: weights.PreparedWeights, feed: List[List[str]],
-                accountant: _Accountant, start: float, on_batch=lambda: None) -> float:
-    """Predict the files of `feed` (one list per part) and hand every row to the accountant in
-    listing order; returns the seconds from `start` (a time.time()) to the first batch, or 0
-    when nothing was fed."""
-    first_batch_s = 0.0
-    flat = [f for files in feed for f in files]
-    if not flat:
-        return first_batch_s
-    est = build_estimator(cfg, prepared)
-    log.info("towers: %s, %d images per step, %d parts", ", ".join(tower_devices(cfg.devices)),
-             cfg.devices.batch_size * cfg.towers, len(feed))
-    predictions = est.predict(
-        input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
-        yield_single_examples=False, checkpoint_path=prepared.checkpoint)
-    for batch in predictions:
-        fault("batch")
-        if not first_batch_s:
-            first_batch_s = time.time() - start
-            log.info("first batch after %.1f s", first_batch_s)
-        for key, row in zip(batch["path"], batch["fc7"]):
-            accountant.row(key.decode("utf-8", "surrogateescape"), row)
-        on_batch()
-    return first_batch_s
 
 
 def blocked_files(cfg: Config, todo: List[str]) -> Dict[str, tuple]:
@@ -245,22 +98,23 @@ def run(cfg: Config, progress=None) -> Summary:
     store.open(fingerprint(cfg, located), cfg.to_dict(), cfg.output.overwrite)
     done_before = store.done_paths()
     todo = [p for p in listing if display_path(p) not in done_before]
-    feats_before = sum(p["features"] for p in store.parts)
-    errs_before = sum(p["errors"] for p in store.parts)
+    counts_before = store.manifest.count()
+    feats_before, errs_before = counts_before["features"], counts_before["errors"]
     log.info("found %d images under %s: %d already done, %d to do", len(listing),
              cfg.input.dir, len(listing) - len(todo), len(todo))
-    run_record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
-                  "versions": _versions(), "devices": tower_devices(cfg.devices)}
+    record = RunRecord(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=list(sys.argv),
+                       versions=_versions(), devices=tower_devices(cfg.devices))
     if not todo:
-        store.finish(dict(run_record, new_files=0, seconds=round(time.time() - start, 3)),
-                     complete=True)
+        record.seconds = round(time.time() - start, 3)
+        store.finish(record, complete=True)
         return Summary(len(listing), feats_before, _error_counts(store), 0,
                        time.time() - start, cfg.output.dir, noop=True)
 
+    hint = precision_hint(cfg.devices, cfg.model.precision)
+    if hint and cfg.run.executor == "local":  # Ray's nodes may have other CPUs than this one
+        log.info("%s", hint)
     blocked = blocked_files(cfg, todo)
-    size = cfg.output.rows_per_part
-    first = store.next_index()
-    parts = [_Part(first + k, todo[i:i + size]) for k, i in enumerate(range(0, len(todo), size))]
+    parts = cut_parts(todo, store.next_index(), cfg.output.rows_per_part)
 
     progress.start(len(todo))
     try:
@@ -277,40 +131,23 @@ def run(cfg: Config, progress=None) -> Summary:
                          errs_before + len(done.errors), done.errors, final=True)
     seconds = time.time() - start
     counts = _error_counts(store)
-    store.finish(dict(run_record, new_files=len(todo), new_features=done.features,
-                      new_errors=probe.reason_counts(done.errors),
-                      seconds=round(seconds, 3), first_batch_s=round(done.first_batch_s, 3),
-                      images_per_s=round(done.features / seconds, 3), **done.record),
-                 complete=True)
+    record.new_files, record.new_features = len(todo), done.features
+    record.new_errors = probe.reason_counts(done.errors)
+    record.seconds, record.first_batch_s = round(seconds, 3), round(done.first_batch_s, 3)
+    record.images_per_s = round(done.features / seconds, 3)
+    record.details = done.record
+    store.finish(record, complete=True)
     return Summary(len(listing), feats_before + done.features, counts, len(todo), seconds,
                    cfg.output.dir, first_batch_s=done.first_batch_s,
                    new_features=done.features, executor=cfg.run.executor)
 
 
-@dataclass
-class Done:
-    """What one run embedded: rows, error rows, time to the first batch, executor details."""
-    features: int
-    errors: List[Tuple[str, str, str]]
-    first_batch_s: float
-    record: dict = field(default_factory=dict)  # extra fields for the manifest's run record
-
-
-def _run_here(cfg: Config, located: weights.Located, store: Store, parts: List[_Part],
+def _run_here(cfg: Config, located: weights.Located, store: Store, parts: List[Part],
               blocked: Dict[str, tuple], progress, seen_before: int, errors_before: int,
               start: float) -> Done:
     """The local executor: this process, this machine's devices, parts committed in order."""
-    feed = [[f for f in p.files if f not in blocked] for p in parts]
-    accountant = _Accountant(cfg, store, parts, blocked, seen_before, errors_before)
-    first_batch_s = 0.0
-    if any(feed):
-        prepared = weights.prepare(cfg.model, located)
-        first_batch_s = stream_rows(cfg, prepared, feed, accountant, start, on_batch=lambda: (
-            progress.update(accountant.features + len(accountant.errors),
-                            len(accountant.errors))))
-    accountant.finish()  # what the stream did not deliver failed, or was never fed
-    progress.update(accountant.features + len(accountant.errors), len(accountant.errors))
-    return Done(accountant.features, accountant.errors, first_batch_s)
+    return embed_parts(cfg, lambda: weights.prepare(cfg.model, located), store, parts, blocked,
+                       seen_before, errors_before, start, on_progress=progress.update)
 
 
 def _error_counts(store: Store) -> Dict[str, int]:
@@ -319,7 +156,7 @@ def _error_counts(store: Store) -> Dict[str, int]:
 
     reasons: Counter = Counter()
     for p in store.parts:
-        if p["errors"]:
-            f = store.dir / ERRORS / f"{part_name(p['index'])}.parquet"
+        if p.errors:
+            f = store.dir / ERRORS / f"{p.name}.parquet"
             reasons.update(pq.read_table(f, columns=["reason"]).column("reason").to_pylist())
     return dict(sorted(reasons.items()))

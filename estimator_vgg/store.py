@@ -6,68 +6,34 @@ then manifest.json (same) listing part k. A part is done once the manifest lists
 an unlisted part are leftovers of a killed run and are deleted when the job starts again, so a
 killed-and-rerun job repeats nothing and loses nothing.
 
-ESTIMATOR_VGG_FAULT=<point>:<n> kills the process with SIGKILL the n-th time it reaches
-<point> (batch, features_tmp, part_files, manifest). Tests use it to crash a real run at
-chosen moments; it does nothing unless set.
+Crash points for tests (faults.py) sit between these steps.
 """
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
-import signal
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from estimator_vgg import writer
+from estimator_vgg.faults import fault
 from estimator_vgg.listing import display_path
-from estimator_vgg.writer import MANIFEST
+from estimator_vgg.recipe import FC7_DIM
+from estimator_vgg.manifest import (MANIFEST, Fingerprint, Manifest, ManifestError, PartRecord,
+                                    RunRecord, part_name, read_manifest)
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
 STAGING = ".staging"        # Ray shards' parts before the driver lists them (hidden from readers)
 STAGING_MARK = "run-id"
-_fault_counts: Dict[str, int] = {}
-
-
-def fault(point: str) -> None:
-    """Test hook: SIGKILL this process at the configured point (see the module doc)."""
-    spec = os.environ.get("ESTIMATOR_VGG_FAULT")
-    if not spec:
-        return
-    name, _, n = spec.partition(":")
-    if name == point:
-        _fault_counts[point] = _fault_counts.get(point, 0) + 1
-        if _fault_counts[point] == int(n or 1):
-            once = os.environ.get("ESTIMATOR_VGG_FAULT_ONCE")
-            if once:  # one kill among all processes (Ray workers): whoever creates the file
-                try:
-                    os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    return
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class OutputError(RuntimeError):
     """The output folder cannot be used as it is; the message says why and what to do."""
-
-
-def _describe_differences(old: dict, new: dict, prefix: str = "") -> List[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if key == "jpeg_dct_scaling":  # absent from a fingerprint means off
-            a, b = bool(a), bool(b)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _describe_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} in the output, {b!r} now")
-    return out
 
 
 class Store:
@@ -76,13 +42,13 @@ class Store:
     def __init__(self, out_dir: Path, fmt: str):
         self.dir = Path(out_dir)
         self.fmt = fmt
-        self.manifest: dict = {}
+        self.manifest: Optional[Manifest] = None
 
     @property
-    def parts(self) -> List[dict]:
-        return self.manifest["parts"]
+    def parts(self) -> List[PartRecord]:
+        return self.manifest.parts
 
-    def open(self, fingerprint: dict, config: dict, overwrite: bool) -> None:
+    def open(self, fingerprint: Fingerprint, config: dict, overwrite: bool) -> None:
         """Start or resume; refuse an output made with other settings unless overwriting.
 
         Holds an exclusive lock on `<output.dir>/.lock` until the process ends, so two runs
@@ -101,12 +67,11 @@ class Store:
             self._clear()
         elif path.is_file():
             try:
-                old = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise OutputError(f"{path} is unreadable ({e}); set output.overwrite=true to "
-                                  f"start afresh") from None
-            if old.get("fingerprint") != fingerprint:
-                diff = _describe_differences(old.get("fingerprint", {}), fingerprint)
+                old = read_manifest(self.dir)
+            except ManifestError as e:
+                raise OutputError(f"{e}; set output.overwrite=true to start afresh") from None
+            if old.fingerprint != fingerprint:
+                diff = old.fingerprint.differences(fingerprint)
                 raise OutputError(
                     f"output.dir {self.dir} holds features made with other settings, and "
                     f"mixing them would make the table meaningless: {'; '.join(diff)}. Use "
@@ -117,10 +82,9 @@ class Store:
             raise OutputError(f"output.dir {self.dir} has features/ or errors/ but no "
                               f"{MANIFEST}, so it was not written by this job; use another "
                               f"output.dir or set output.overwrite=true to replace them")
-        if not self.manifest:
-            self.manifest = {"manifest_version": MANIFEST_VERSION, "fingerprint": fingerprint,
-                             "status": "running", "parts": [], "runs": []}
-        self.manifest["config"] = config
+        if self.manifest is None:
+            self.manifest = Manifest(fingerprint=fingerprint)
+        self.manifest.config = config
         self._remove_uncommitted()
         self._write_manifest()
 
@@ -139,7 +103,7 @@ class Store:
             shutil.rmtree(self.dir / STAGING, ignore_errors=True)
         for f in self.dir.glob(f"{MANIFEST}.*.tmp"):
             f.unlink()
-        committed = {writer.part_name(p["index"]) for p in self.parts}
+        committed = {p.name for p in self.parts}
         for sub in (writer.FEATURES, writer.ERRORS):
             d = self.dir / sub
             if not d.is_dir():
@@ -153,7 +117,7 @@ class Store:
         return writer.committed_paths(self.dir, self.manifest)
 
     def next_index(self) -> int:
-        return max((p["index"] for p in self.parts), default=-1) + 1
+        return self.manifest.next_index()
 
     def commit(self, index: int, paths: Sequence[str], fc7: Optional[np.ndarray],
                errors: Sequence[Tuple[str, str, str]]) -> None:
@@ -167,11 +131,11 @@ class Store:
         Parts are listed in index order (the readers' row order) whatever order they were
         written in.
         """
-        if any(p["index"] == index for p in self.parts):
-            raise OutputError(f"part {writer.part_name(index)} is already listed in "
+        if any(p.index == index for p in self.parts):
+            raise OutputError(f"part {part_name(index)} is already listed in "
                               f"{self.dir / MANIFEST}; it must never be written twice")
-        self.parts.append({"index": index, "features": features, "errors": errors})
-        self.parts.sort(key=lambda p: p["index"])
+        self.parts.append(PartRecord(index, features, errors))
+        self.parts.sort(key=lambda p: p.index)
         self._write_manifest()
         fault("manifest")
 
@@ -193,7 +157,7 @@ class Store:
     def adopt_staged(self, stage: Path, index: int) -> None:
         """Move part `index`'s files from `stage` into features/ and errors/ (atomic renames,
         same filesystem); the part is done once record() lists it."""
-        name = writer.part_name(index)
+        name = part_name(index)
         moved = 0
         for sub in (writer.FEATURES, writer.ERRORS):
             (self.dir / sub).mkdir(exist_ok=True)
@@ -205,17 +169,14 @@ class Store:
             raise OutputError(f"part {name} was reported written by a Ray shard but is not in "
                               f"{stage}: is output.dir on storage every node shares?")
 
-    def finish(self, run: dict, complete: bool) -> None:
-        self.manifest["runs"].append(run)
-        self.manifest["status"] = "complete" if complete else "incomplete"
-        feats = sum(p["features"] for p in self.parts)
-        errs = sum(p["errors"] for p in self.parts)
-        self.manifest["totals"] = {"files": feats + errs, "features": feats, "errors": errs,
-                                   "parts": len(self.parts)}
+    def finish(self, run: RunRecord, complete: bool) -> None:
+        self.manifest.runs.append(run)
+        self.manifest.status = "complete" if complete else "incomplete"
+        self.manifest.totals = self.manifest.count()
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        text = json.dumps(self.manifest, indent=2, ensure_ascii=False).encode("utf-8")
+        text = self.manifest.to_json()
         writer.commit_file(self.dir / MANIFEST, lambda f: f.write(text))
 
 
@@ -228,7 +189,7 @@ def write_part(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
     Paths are written in their display form (listing.display_path): the tables hold UTF-8.
     """
     out_dir = Path(out_dir)
-    matrix = fc7 if fc7 is not None else np.zeros((0, writer.FC7_DIM), np.float32)
+    matrix = fc7 if fc7 is not None else np.zeros((0, FC7_DIM), np.float32)
     writer.write_features(out_dir, fmt, index, [display_path(p) for p in paths], matrix,
                           before_rename=lambda: fault("features_tmp"))
     writer.write_errors(out_dir, index, [(display_path(p), r, m) for p, r, m in errors])

@@ -10,8 +10,9 @@ from typing import Dict, List, Tuple
 
 import tensorflow as tf
 
+from estimator_vgg.recipe import FC7_DIM
+
 SCOPE = "vgg16"
-FC7_DIM = 4096
 POOL5_DIM = 7 * 7 * 512
 
 # (name, kernel shape); the bias has the kernel's last dimension.

@@ -20,15 +20,11 @@ from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-FEATURES = "features"
-ERRORS = "errors"
-MANIFEST = "manifest.json"
-FC7_DIM = 4096
+from estimator_vgg.manifest import (ERRORS, FEATURES, MANIFEST, Manifest, part_name,
+                                    read_manifest)
+from estimator_vgg.recipe import FC7_DIM
+
 _EXT = {"parquet": ".parquet", "npy": ".npy", "csv": ".csv"}
-
-
-def part_name(index: int) -> str:
-    return f"part-{index:05d}"
 
 
 def commit_file(final: Path, write: Callable, before_rename: Callable = lambda: None) -> None:
@@ -100,16 +96,10 @@ def _read_jsonl(f: Path) -> List[str]:
     return [json.loads(line) for line in f.read_text(encoding="utf-8").split("\n") if line]
 
 
-def read_manifest(out_dir: Path) -> Optional[dict]:
-    """The output's manifest.json (the list of committed parts), or None if there is none."""
-    f = Path(out_dir) / MANIFEST
-    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
-
-
-def committed_paths(out_dir: Path, manifest: dict) -> Set[str]:
+def committed_paths(out_dir: Path, manifest: Manifest) -> Set[str]:
     """Every path in the committed parts, features and errors alike."""
-    fmt = manifest["fingerprint"]["output_format"]
-    return {p for part in manifest["parts"] for p in read_part_paths(out_dir, fmt, part["index"])}
+    fmt = manifest.output_format
+    return {p for part in manifest.parts for p in read_part_paths(out_dir, fmt, part.index)}
 
 
 def read_part_paths(out_dir: Path, fmt: str, index: int) -> List[str]:
@@ -139,10 +129,9 @@ def _committed_parts(out_dir: Path) -> Tuple[str, List[Tuple[Path, int]]]:
     if manifest is None:
         raise FileNotFoundError(f"{out_dir} has no {MANIFEST}: not an estimator-vgg output, or "
                                 f"nothing was written yet")
-    fmt = manifest["fingerprint"]["output_format"]
+    fmt = manifest.output_format
     d = Path(out_dir) / FEATURES
-    return fmt, [(d / f"{part_name(p['index'])}{_EXT[fmt]}", p["features"])
-                 for p in manifest["parts"]]
+    return fmt, [(d / f"{p.name}{_EXT[fmt]}", p.features) for p in manifest.parts]
 
 
 def _read_part(fmt: str, f: Path) -> Tuple[List[str], np.ndarray]:

@@ -5,6 +5,9 @@ an Estimator does) breaks eager Keras models in the same process.
 
     python tests/keras_side.py save-weights SEED OUT.h5        Keras 2.15 save_weights layout
     python tests/keras_side.py fc7 WEIGHTS.h5 IMAGES.npy OUT.npy
+    python tests/keras_side.py files WEIGHTS.h5 FOLDER OUT.npy PATH...
+        fc7 of image files, preprocessed here without the job's code: TensorFlow's decoder,
+        the center_crop policy written out again, Keras' own Caffe preprocess_input
 """
 import sys
 
@@ -36,5 +39,32 @@ def fc7(weights: str, images: str, out: str) -> None:
                                  for i in range(len(x))]))
 
 
+def _center_crop_224(rgb: np.ndarray) -> np.ndarray:
+    """Shorter side to 224 (antialiased bilinear, aspect kept, rounded), then the central
+    224x224: the documented policy, written from its description, not from the job's code."""
+    h, w = rgb.shape[:2]
+    s = 224 / min(h, w)
+    nh, nw = max(224, int(round(h * s))), max(224, int(round(w * s)))
+    img = tf.image.resize(rgb.astype(np.float32), [nh, nw], method="bilinear",
+                          antialias=True).numpy()
+    top, left = (nh - 224) // 2, (nw - 224) // 2
+    return img[top:top + 224, left:left + 224]
+
+
+def files(weights: str, folder: str, out: str, *paths: str) -> None:
+    import os
+
+    model = _model()
+    model.load_weights(weights)
+    cut = tf.keras.Model(model.input, model.get_layer("fc2").output)
+    rows = []
+    for p in paths:
+        data = tf.io.read_file(os.path.join(folder, p))
+        rgb = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+        x = tf.keras.applications.vgg16.preprocess_input(_center_crop_224(rgb)[None])
+        rows.append(cut(x, training=False).numpy()[0])
+    np.save(out, np.stack(rows))
+
+
 if __name__ == "__main__":
-    {"save-weights": save_weights, "fc7": fc7}[sys.argv[1]](*sys.argv[2:])
+    {"save-weights": save_weights, "fc7": fc7, "files": files}[sys.argv[1]](*sys.argv[2:])

@@ -105,10 +105,13 @@ def test_yaml_is_loaded_safely(tmp_path):
         load_config(f)
 
 
-def test_readme_config_reference_matches_the_code():
-    readme = (ROOT / "README.md").read_text()
-    assert reference_markdown() in readme, (
-        "README's config reference is stale: paste `python -m estimator_vgg.config` into it")
+def test_config_reference_in_the_docs_matches_the_code():
+    from estimator_vgg.config import REFERENCE_DOC, reference_in_doc
+
+    assert REFERENCE_DOC == ROOT / "docs" / "configuration.md"
+    assert reference_in_doc(REFERENCE_DOC.read_text()) == reference_markdown(), (
+        "docs/configuration.md's config reference is stale: run "
+        "`.venv/bin/python -m estimator_vgg.config --write`")
 
 
 def test_shipped_configs_load(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, rel_diff, run_py
+from conftest import DEMO, ROOT, SEED, rel_diff, run_py
 
 GOLDEN = ROOT / "tests" / "golden"
 
@@ -32,6 +32,25 @@ def test_demo_features_match_golden_vectors(demo_run):
     assert fc7.dtype == np.float32 and fc7.shape == (len(df), 4096)
     drift = rel_diff(fc7, golden["fc7"])
     assert drift.max() <= tol, dict(zip(df["path"], drift))
+
+
+def test_golden_vectors_are_what_eager_keras_computes_from_the_image_files(tmp_path,
+                                                                           seed_arrays):
+    """The goldens are right, not only unchanged: eager Keras VGG16 (its own loader of the
+    published .h5 layout, its own Caffe preprocess_input), fed by a decode and center crop
+    written in the test, gives the golden rows for the seed's weights."""
+    from weight_files import write_published_h5
+
+    golden = np.load(GOLDEN / "demo_fc7.npz")
+    h5 = tmp_path / "published.h5"
+    write_published_h5(seed_arrays, h5)
+    out = tmp_path / "keras.npy"
+    r = run_py(ROOT / "tests" / "keras_side.py", "files", h5, DEMO, out,
+               *golden["paths"].tolist(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tol = json.loads((GOLDEN / "manifest.json").read_text())["tolerance"]["per_row_relative_l2"]
+    drift = rel_diff(golden["fc7"], np.load(out))
+    assert drift.max() <= tol, dict(zip(golden["paths"].tolist(), drift))
 
 
 def test_demo_run_says_its_weights_are_synthetic(demo_run):

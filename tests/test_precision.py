@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from conftest import make_config
 from estimator_vgg.config import ConfigError, DevicesConfig
-from estimator_vgg.estimator import model_fn, tower_devices
+from estimator_vgg.devices import tower_devices
+from estimator_vgg.estimator import model_fn
 
 
 def test_float16_is_refused_on_cpus(tmp_path):

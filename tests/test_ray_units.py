@@ -20,7 +20,7 @@ def test_a_shard_sees_its_gpus_renumbered_from_zero(tmp_path):
 
 def test_without_ray_installed_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     from estimator_vgg.cluster import connect
-    from estimator_vgg.runner import JobError
+    from estimator_vgg.parts import JobError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(JobError, match=r"pip install 'estimator-vgg\[ray\]'"):
@@ -30,12 +30,13 @@ def test_without_ray_installed_the_error_says_how_to_install_it(tmp_path, monkey
 def test_staged_parts_reach_the_output_only_when_the_driver_lists_them(tmp_path):
     import numpy as np
 
+    from estimator_vgg.manifest import Fingerprint
     from estimator_vgg.store import Store, write_part
     from estimator_vgg.writer import read_features
 
     def store():
         s = Store(tmp_path / "out", "parquet")
-        s.open({"output_format": "parquet"}, {}, overwrite=False)
+        s.open(Fingerprint.from_dict({"output_format": "parquet"}), {}, overwrite=False)
         return s
 
     s = store()

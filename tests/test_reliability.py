@@ -275,12 +275,14 @@ def test_another_input_folder_is_not_mixed_into_an_output(tmp_path):
 
 
 def test_two_runs_cannot_write_one_output_at_once(tmp_path):
+    from estimator_vgg.manifest import Fingerprint
     from estimator_vgg.store import OutputError, Store
 
+    fp = Fingerprint.from_dict({"output_format": "parquet"})
     first = Store(tmp_path / "out", "parquet")
-    first.open({"x": 1}, {}, overwrite=False)
+    first.open(fp, {}, overwrite=False)
     with pytest.raises(OutputError, match="another run is writing to output.dir"):
-        Store(tmp_path / "out", "parquet").open({"x": 1}, {}, overwrite=False)
+        Store(tmp_path / "out", "parquet").open(fp, {}, overwrite=False)
 
 
 def test_a_fifo_named_like_an_image_is_an_error_row_not_a_hang(tmp_path):

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 from conftest import make_config
 from estimator_vgg.config import DevicesConfig
-from estimator_vgg.estimator import (build_estimator, model_fn, session_config,
-                                     tower_devices)
+from estimator_vgg.devices import session_config, tower_devices
+from estimator_vgg.estimator import build_estimator, model_fn
 from estimator_vgg.towers import pad_to_towers
 
 PREDICT = tf.estimator.ModeKeys.PREDICT
@@ -134,7 +134,7 @@ def test_refuses_to_predict_without_the_checkpoint(tmp_path, demo_paths):
 
 
 def test_a_gpu_the_machine_lacks_stops_the_job_naming_it(tmp_path):
-    from estimator_vgg.estimator import DeviceError
+    from estimator_vgg.devices import DeviceError
 
     cfg = make_config(tmp_path, devices={"gpus": [0, 7]})
     found = len(tf.config.list_physical_devices("GPU"))
@@ -143,3 +143,43 @@ def test_a_gpu_the_machine_lacks_stops_the_job_naming_it(tmp_path):
     with pytest.raises(DeviceError, match="devices.gpus names GPU .*7.*TensorFlow sees"):
         build_estimator(cfg)
     assert not (tmp_path / "cache").exists()  # stopped before converting any weights
+
+
+class _TraceSteps(tf.compat.v1.train.SessionRunHook):
+    """Traces every step of the Estimator's own session: where each op really ran."""
+
+    def __init__(self):
+        self.devices_by_layer = {}
+
+    def before_run(self, run_context):
+        return tf.compat.v1.train.SessionRunArgs(None, options=tf.compat.v1.RunOptions(
+            trace_level=tf.compat.v1.RunOptions.FULL_TRACE))
+
+    def after_run(self, run_context, run_values):
+        layer = re.compile(r"^(?:tower_(\d+)/)?(block\d_conv\d|fc[12])$")
+        for dev in run_values.run_metadata.step_stats.dev_stats:
+            for node in dev.node_stats:
+                m = layer.match(node.node_name)
+                if m:
+                    self.devices_by_layer.setdefault(int(m.group(1) or 0), set()).add(
+                        (m.group(2), dev.device.split("device:")[-1]))
+
+
+def test_the_jobs_estimator_runs_each_tower_on_its_own_device(tmp_path, demo_paths):
+    """The Estimator that build_estimator makes (its RunConfig, its session), traced during a
+    real predict: without the session config's device map the towers would all run on one
+    CPU, silently, since Estimator's default session soft-places."""
+    from estimator_vgg.input import input_fn
+
+    cfg = make_config(tmp_path, devices={"cpus": 2, "batch_size": 1})
+    est = build_estimator(cfg)
+    session = est.config.session_config
+    assert session.device_count["CPU"] == 2 and session.allow_soft_placement is False
+    trace = _TraceSteps()
+    rows = list(est.predict(input_fn(cfg, demo_paths[:2]), hooks=[trace],
+                            yield_single_examples=False))
+    assert sum(len(r["path"]) for r in rows) == 2
+    assert set(trace.devices_by_layer) == {0, 1}, trace.devices_by_layer
+    for tower, ran in trace.devices_by_layer.items():
+        assert {d for _, d in ran} == {f"CPU:{tower}"}, (tower, ran)
+        assert len({name for name, _ in ran}) == 15  # every conv and fc layer of the tower

@@ -1,0 +1,201 @@
+"""The per-part work both executors share: stream the files of a list of parts through the
+Estimator and commit each part whole, accounting for every file.
+
+    done = embed_parts(cfg, prepare, store, parts, blocked)
+
+Every file of a part ends in exactly one of two tables: features (its fc7 row) or errors (why
+it failed). Rows come back from the Estimator in listing order with their paths; a file the
+pipeline dropped is noticed as a gap in that order and classified (probe.py). The local
+executor (runner.py) hands it the output's Store; a Ray shard (cluster.py) a writer into its
+staging folder. Neither executor reaches into the other.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from estimator_vgg import probe
+from estimator_vgg.config import Config
+from estimator_vgg.devices import tower_devices
+from estimator_vgg.estimator import build_estimator
+from estimator_vgg.faults import fault
+from estimator_vgg.input import input_fn
+from estimator_vgg.listing import display_path
+
+log = logging.getLogger(__name__)
+
+MIN_FILES_FOR_EARLY_STOP = 100
+ErrorRow = Tuple[str, str, str]   # (path, reason, message)
+
+
+class JobError(RuntimeError):
+    """The job cannot go on; the message names the file or setting and what to do."""
+
+
+@dataclass
+class Part:
+    """One output part being filled: its listed files, and the rows accounted for so far."""
+    index: int
+    files: List[str]                       # every listed file of the part, in order
+    pos: int = 0                           # files accounted for so far
+    paths: List[str] = field(default_factory=list)
+    fc7: List[np.ndarray] = field(default_factory=list)
+    errors: List[ErrorRow] = field(default_factory=list)
+
+
+@dataclass
+class Done:
+    """What one run embedded: rows, error rows, time to the first batch, executor details."""
+    features: int
+    errors: List[ErrorRow]
+    first_batch_s: float
+    record: dict = field(default_factory=dict)  # extra fields for the manifest's run record
+
+
+def cut_parts(todo: Sequence[str], first_index: int, size: int) -> List[Part]:
+    """The files to do, cut into parts of `size` numbered from `first_index`."""
+    return [Part(first_index + k, list(todo[i:i + size]))
+            for k, i in enumerate(range(0, len(todo), size))]
+
+
+def check_error_fraction(cfg: Config, seen: int, errors: int, run_errors: List[ErrorRow],
+                         final: bool) -> None:
+    """Stop the job when more than input.max_error_fraction of the files seen failed."""
+    limit = cfg.input.max_error_fraction
+    if seen and (final or seen >= MIN_FILES_FOR_EARLY_STOP) and errors / seen > limit:
+        raise JobError(f"{errors} of {seen} files failed ({errors / seen:.1%}), above "
+                       f"input.max_error_fraction={limit}: "
+                       f"{probe.reason_counts(run_errors)} in this run. The parts done so "
+                       f"far are kept; see {cfg.output.dir / 'errors'}, fix the "
+                       f"inputs or raise the limit, and rerun to resume")
+
+
+class Accountant:
+    """Walks the expected listing as rows arrive; gaps become error rows; full parts commit."""
+
+    def __init__(self, cfg: Config, store, parts: List[Part], blocked: Dict[str, tuple],
+                 seen_before: int, errors_before: int, early_stop: bool = True):
+        """store: anything with commit(index, paths, fc7, errors) (a Store, or a Ray shard's
+        part writer); early_stop: check input.max_error_fraction after each part."""
+        self.cfg, self.store, self.parts, self.blocked = cfg, store, parts, blocked
+        self.early_stop = early_stop
+        self.current = 0
+        self.features = 0
+        self.errors: List[ErrorRow] = []
+        self.seen_before, self.errors_before = seen_before, errors_before
+        self.seen = 0
+
+    @property
+    def accounted(self) -> int:
+        return self.features + len(self.errors)
+
+    def _fail(self, part: Part, rel: str) -> None:
+        if rel in self.blocked:
+            reason, message = self.blocked[rel]
+        else:
+            reason, message = probe.classify(self.cfg.input.dir, rel, self.cfg.input.max_pixels,
+                                             self.cfg.input.follow_external_symlinks,
+                                             self.cfg.preprocess.jpeg_dct_scaling)
+        log.warning("%s: %s (%s)", display_path(rel), reason, message)
+        part.errors.append((rel, reason, message))
+        self.errors.append((rel, reason, message))
+
+    def _commit_full_parts(self) -> None:
+        while (self.current < len(self.parts)
+               and self.parts[self.current].pos == len(self.parts[self.current].files)):
+            part = self.parts[self.current]
+            fc7 = np.concatenate(part.fc7) if part.fc7 else None
+            self.store.commit(part.index, part.paths, fc7, part.errors)
+            self.seen += len(part.files)
+            part.fc7, part.paths = [], []  # free the rows
+            self.current += 1
+            if self.early_stop:
+                check_error_fraction(self.cfg, self.seen_before + self.seen,
+                                     self.errors_before + len(self.errors), self.errors,
+                                     final=False)
+
+    def _gap_before(self, rel: str) -> int:
+        """How many expected files precede `rel` (they were dropped by the pipeline)."""
+        gap = 0
+        for part in self.parts[self.current:]:
+            for f in part.files[part.pos if part is self.parts[self.current] else 0:]:
+                if f == rel:
+                    return gap
+                gap += 1
+        raise JobError(f"internal error: a row for {rel!r} arrived that the listing does not "
+                       f"expect at this point; the parts written so far are whole, rerun to "
+                       f"resume")
+
+    def row(self, rel: str, fc7: np.ndarray) -> None:
+        self._commit_full_parts()
+        part = self.parts[self.current]
+        if part.files[part.pos] != rel:
+            for _ in range(self._gap_before(rel)):
+                self._fail(part, part.files[part.pos])
+                part.pos += 1
+                self._commit_full_parts()
+                part = self.parts[self.current]
+        part.paths.append(rel)
+        part.fc7.append(fc7[None, :])
+        part.pos += 1
+        self.features += 1
+
+    def finish(self) -> None:
+        """The stream ended: every file not yet accounted for failed."""
+        self._commit_full_parts()
+        for part in self.parts[self.current:]:
+            while part.pos < len(part.files):
+                self._fail(part, part.files[part.pos])
+                part.pos += 1
+            self._commit_full_parts()
+
+
+def _stream_rows(cfg: Config, prepared, feed: List[List[str]], accountant: Accountant,
+                 start: float, on_batch: Callable[[], None]) -> float:
+    """Predict the files of `feed` (one list per part) and hand every row to the accountant in
+    listing order; returns the seconds from `start` (a time.time()) to the first batch."""
+    first_batch_s = 0.0
+    flat = [f for files in feed for f in files]
+    est = build_estimator(cfg, prepared)
+    log.info("towers: %s, %d images per step, %d parts", ", ".join(tower_devices(cfg.devices)),
+             cfg.devices.batch_size * cfg.towers, len(feed))
+    predictions = est.predict(
+        input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
+        yield_single_examples=False, checkpoint_path=prepared.checkpoint)
+    for batch in predictions:
+        fault("batch")
+        if not first_batch_s:
+            first_batch_s = time.time() - start
+            log.info("first batch after %.1f s", first_batch_s)
+        for key, row in zip(batch["path"], batch["fc7"]):
+            accountant.row(key.decode("utf-8", "surrogateescape"), row)
+        on_batch()
+    return first_batch_s
+
+
+def embed_parts(cfg: Config, prepare: Callable[[], object], store, parts: List[Part],
+                blocked: Dict[str, tuple], seen_before: int = 0, errors_before: int = 0,
+                start: float = 0.0, early_stop: bool = True,
+                on_progress: Callable[[int, int], None] = lambda done, errors: None) -> Done:
+    """Embed every file of `parts` and commit each part to `store` in order.
+
+    prepare: returns the weights.PreparedWeights; called only when some file is to be read
+    (a run whose files are all blocked converts nothing). blocked: files never to open, with
+    their error row. seen_before, errors_before: files and errors of earlier runs, for
+    input.max_error_fraction (checked after each part when early_stop). on_progress(done,
+    errors) after every batch and at the end.
+    """
+    start = start or time.time()
+    feed = [[f for f in p.files if f not in blocked] for p in parts]
+    accountant = Accountant(cfg, store, parts, blocked, seen_before, errors_before, early_stop)
+    first_batch_s = 0.0
+    if any(feed):
+        first_batch_s = _stream_rows(cfg, prepare(), feed, accountant, start, on_batch=lambda: (
+            on_progress(accountant.accounted, len(accountant.errors))))
+    accountant.finish()  # what the stream did not deliver failed, or was never fed
+    on_progress(accountant.accounted, len(accountant.errors))
+    return Done(accountant.features, accountant.errors, first_batch_s)
