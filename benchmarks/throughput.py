@@ -279,6 +279,7 @@ def machine() -> str:
 
 
 def main() -> None:
+    global BATCH
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=48, help="images per measured run")
     ap.add_argument("--reps", type=int, default=3)
@@ -290,7 +291,6 @@ def main() -> None:
                     help="images per step for the model, the job and the baselines (default 8)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global BATCH
     BATCH = args.batch
     os.environ["THROUGHPUT_BATCH"] = str(BATCH)  # the children measure with it
     if args.child:

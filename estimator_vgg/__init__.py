@@ -16,7 +16,7 @@ The names below are imported only when first used, for the same reason.
 """
 __version__ = "0.1.0"
 
-LIGHT_MODULES = ("config", "devices", "faults", "listing", "manifest", "plan", "progress",
+LIGHT_MODULES = ("config", "devices", "downloads", "faults", "listing", "manifest", "plan", "progress",
                  "recipe", "store", "writer")
 
 _LAZY = {

@@ -181,6 +181,7 @@ def neighbors_main(argv: List[str]) -> int:
 
     from estimator_vgg import neighbors as nb
     from estimator_vgg.config import ConfigError
+    from estimator_vgg.manifest import OutputError
     from estimator_vgg.weights import WeightsError
 
     out = Path(args.output)
@@ -212,7 +213,8 @@ def neighbors_main(argv: List[str]) -> int:
                                nb.describe(out))
         if args.html:
             print(f"wrote {args.html}")
-    except (nb.SearchError, ConfigError, WeightsError, FileNotFoundError, ValueError) as e:
+    except (nb.SearchError, ConfigError, WeightsError, OutputError, FileNotFoundError,
+            ValueError) as e:
         print(f"estimator-vgg neighbors: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -74,9 +75,15 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     weights: str = _doc("`imagenet` (Keras' published file, downloaded once with its hash "
-                        "checked), a path to a Keras `.h5`, a path to a tensorflow-vgg `.npy`, or "
-                        "`synthetic` (deterministic random weights from `model.seed`: for tests "
-                        "and demos only, never real features).", default="imagenet")
+                        "checked), a path to a Keras `.h5`, an `http(s)://` URL of a Keras-layout "
+                        "`.h5` (a mirror; downloaded once into `model.cache_dir`), a path to a "
+                        "tensorflow-vgg `.npy`, or `synthetic` (deterministic random weights "
+                        "from `model.seed`: for tests and demos only, never real features).",
+                        default="imagenet")
+    weights_sha256: Optional[str] = _doc("The sha256 the weights file must have (64 hex "
+                                         "digits). A download that does not match is refused "
+                                         "and not cached; a local file that does not match is "
+                                         "refused. Optional.", default=None)
     seed: int = _doc("Seed of the `synthetic` weights; ignored otherwise.", default=0)
     allow_pickle: bool = _doc("Must be `true` to load a `.npy` weights file: reading it runs "
                               "Python's pickle, which can execute code from the file. Only for "
@@ -373,7 +380,9 @@ def _extensions(v: Tuple[str, ...], base: Path) -> Tuple[str, ...]:
 
 
 def _weights(v: str, base: Path) -> str:
-    return v if v in NAMED_WEIGHTS else str(_resolve(v, base))
+    if v in NAMED_WEIGHTS or v.startswith(("http://", "https://")):
+        return v
+    return str(_resolve(v, base))
 
 
 def _ray_address(v: Optional[str], base: Path) -> Optional[str]:
@@ -390,6 +399,7 @@ _NORMALISE = {
     "model.weights": _weights,
     "model.cache_dir": lambda v, base: v.expanduser(),
     "run.ray.address": _ray_address,
+    "model.weights_sha256": lambda v, base: v.strip().lower(),
 }
 
 
@@ -454,7 +464,15 @@ def _validate(cfg: Config) -> None:
     if o.format not in OUTPUT_FORMATS:
         raise ConfigError(f"output.format: {o.format!r} is not a format; choose one of "
                           f"{', '.join(OUTPUT_FORMATS)}")
-    if m.weights not in NAMED_WEIGHTS:
+    if m.weights_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", m.weights_sha256):
+        raise ConfigError(f"model.weights_sha256: {m.weights_sha256!r} is not a sha256 (64 hex "
+                          f"digits, as `sha256sum FILE` prints)")
+    if m.weights.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+        if not urlsplit(m.weights).path.lower().endswith((".h5", ".hdf5")):
+            raise ConfigError(f"model.weights: {m.weights} does not name a Keras .h5 file; a "
+                              f"URL must point at a Keras-layout .h5 (the path ends in .h5)")
+    elif m.weights not in NAMED_WEIGHTS:
         w = Path(m.weights)  # made absolute while building
         if not w.is_file():
             raise ConfigError(f"model.weights: file {w} does not exist; give a Keras .h5 or a "

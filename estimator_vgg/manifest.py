@@ -224,6 +224,19 @@ class ManifestError(ValueError):
     """manifest.json is there but cannot be read; the message names it."""
 
 
+class OutputError(RuntimeError):
+    """The output folder cannot be used as it is; the message says why and what to do."""
+
+
+def damaged(out_dir: Path, part: str, missing: Path) -> OutputError:
+    """The error for a part the manifest lists whose file is gone: rerunning cannot mend it."""
+    return OutputError(
+        f"output.dir {out_dir} is damaged: {MANIFEST} lists {part} as done, but {missing} is "
+        f"missing, so its rows are lost. Restore that file (from a backup or a copy of the "
+        f"output), or start the output afresh with --overwrite (output.overwrite=true), which "
+        f"deletes every part and computes them all again; a plain rerun cannot repair it")
+
+
 def read_manifest(out_dir: Path) -> Optional[Manifest]:
     """The output's manifest.json, or None if there is none."""
     f = Path(out_dir) / MANIFEST

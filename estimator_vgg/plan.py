@@ -8,24 +8,27 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from estimator_vgg import downloads
 from estimator_vgg.config import Config
 from estimator_vgg.devices import tensorflow_build, tower_devices
 from estimator_vgg.listing import display_path, list_images
 from estimator_vgg.manifest import read_manifest
 from estimator_vgg.writer import committed_paths
 
-IMAGENET_CACHE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
-
-
 def _weights_text(cfg: Config) -> str:
     w = cfg.model.weights
     if w == "synthetic":
         return f"synthetic (seed {cfg.model.seed}): NOT ImageNet features"
     if w == "imagenet":
-        cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / \
-            IMAGENET_CACHE
+        cached = downloads.imagenet_path()
         where = f"cached at {cached}" if cached.is_file() else "downloaded on first use (528 MB)"
         return f"imagenet: Keras' published file, {where}"
+    if downloads.is_url(w):
+        cached = downloads.url_path(w, cfg.model.cache_dir)
+        where = f"cached at {cached}" if cached.is_file() else f"downloaded on first use into {cached}"
+        check = (f", sha256 checked ({cfg.model.weights_sha256[:12]}...)"
+                 if cfg.model.weights_sha256 else ", no sha256 to check (model.weights_sha256)")
+        return f"{downloads.without_query(w)}: {where}{check}"
     return f"{w} ({os.path.getsize(w) / 1e6:.0f} MB)"
 
 

@@ -23,17 +23,14 @@ from estimator_vgg import writer
 from estimator_vgg.faults import fault
 from estimator_vgg.listing import display_path
 from estimator_vgg.recipe import FC7_DIM
-from estimator_vgg.manifest import (MANIFEST, Fingerprint, Manifest, ManifestError, PartRecord,
-                                    RunRecord, part_name, read_manifest)
+from estimator_vgg.manifest import (MANIFEST, Fingerprint, Manifest, ManifestError,  # noqa: F401
+                                    OutputError, PartRecord, RunRecord, part_name,
+                                    read_manifest)
 
 log = logging.getLogger(__name__)
 
 STAGING = ".staging"        # Ray shards' parts before the driver lists them (hidden from readers)
 STAGING_MARK = "run-id"
-
-
-class OutputError(RuntimeError):
-    """The output folder cannot be used as it is; the message says why and what to do."""
 
 
 class Store:

@@ -23,10 +23,7 @@ log = logging.getLogger(__name__)
 Arrays = Dict[str, Tuple[np.ndarray, np.ndarray]]
 
 # Keras' published ImageNet weights for VGG16 with the top (fc6, fc7, predictions).
-IMAGENET_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
-IMAGENET_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-                + IMAGENET_FILE)
-IMAGENET_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
+from estimator_vgg.downloads import IMAGENET_FILE, IMAGENET_MD5, IMAGENET_URL  # noqa: E402,F401
 
 # tensorflow-vgg's vgg16.npy names its layers after the paper.
 _NPY_NAMES = {f"conv{b}_{c}": f"block{b}_conv{c}"
@@ -145,16 +142,33 @@ def read_tfvgg_npy(path: os.PathLike) -> Arrays:
 
 def imagenet_file() -> Path:
     """Keras' published ImageNet weights: downloaded once into Keras' cache, md5 checked."""
-    import tensorflow as tf
+    from estimator_vgg import downloads
 
     try:
-        return Path(tf.keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models",
-                                            file_hash=IMAGENET_MD5))
+        return downloads.ensure(downloads.IMAGENET_URL, downloads.imagenet_path(),
+                                downloads.IMAGENET_MD5, "md5")
     except Exception as e:
         raise WeightsError(
-            f"model.weights: imagenet: could not get {IMAGENET_URL} ({e}). On a machine without "
-            f"internet, download that file elsewhere (md5 {IMAGENET_MD5}) and set model.weights "
-            f"to its path") from None
+            f"model.weights: imagenet: could not get {downloads.IMAGENET_URL} ({e}). On a "
+            f"machine without internet, download that file elsewhere (md5 "
+            f"{downloads.IMAGENET_MD5}) and set model.weights to its path") from None
+
+
+def url_file(url: str, sha256: Optional[str], cache_dir: Path) -> Path:
+    """Keras-layout weights at an http(s):// URL: downloaded once under model.cache_dir,
+    checked against model.weights_sha256 when it is set."""
+    from estimator_vgg import downloads
+
+    try:
+        return downloads.ensure(url, downloads.url_path(url, cache_dir), sha256, "sha256")
+    except Exception as e:
+        what = downloads.without_query(url)
+        hint = ("the file there is not the one model.weights_sha256 names; check the mirror "
+                "and the hash" if "corrupted" in str(e) or "hash" in str(e).lower() else
+                "check the URL and that this machine reaches it, or download the file and set "
+                "model.weights to its path")
+        raise WeightsError(f"model.weights: could not get {what} "
+                           f"({type(e).__name__}: {e}); {hint}. Nothing was cached") from None
 
 
 def sha256_file(path: os.PathLike) -> str:
@@ -204,10 +218,21 @@ def locate(model_cfg) -> Located:
     if w == "synthetic":
         recipe = f"synthetic seed={model_cfg.seed} recipe={SYNTHETIC_RECIPE}"
         return Located("synthetic", hashlib.sha256(recipe.encode()).hexdigest(), None)
-    path = imagenet_file() if w == "imagenet" else Path(w)
+    from estimator_vgg.downloads import is_url, without_query
+
+    if w == "imagenet":
+        path = imagenet_file()
+    elif is_url(w):
+        path = url_file(w, model_cfg.weights_sha256, model_cfg.cache_dir)
+    else:
+        path = Path(w)
     if not path.is_file():
         raise WeightsError(f"model.weights: file {path} does not exist")
-    return Located(w, sha256_file(path), path)
+    digest = sha256_file(path)
+    if model_cfg.weights_sha256 and digest != model_cfg.weights_sha256:
+        raise WeightsError(f"model.weights: {path} has sha256 {digest}, not the "
+                           f"{model_cfg.weights_sha256} that model.weights_sha256 names")
+    return Located(without_query(w) if is_url(w) else w, digest, path)
 
 
 def prepare(model_cfg, located: Optional[Located] = None) -> PreparedWeights:

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from estimator_vgg.manifest import (ERRORS, FEATURES, MANIFEST, Manifest, part_name,
+from estimator_vgg.manifest import (ERRORS, FEATURES, MANIFEST, Manifest, damaged, part_name,
                                     read_manifest)
 from estimator_vgg.recipe import FC7_DIM
 
@@ -104,10 +104,29 @@ def committed_paths(out_dir: Path, manifest: Manifest) -> Set[str]:
 
 def read_part_paths(out_dir: Path, fmt: str, index: int) -> List[str]:
     """The paths of one committed part: its feature rows, then its error rows."""
+    try:
+        return _read_part_paths(Path(out_dir), fmt, part_name(index))
+    except FileNotFoundError:
+        raise _damaged(Path(out_dir), fmt, part_name(index)) from None
+
+
+def part_files(out_dir: Path, fmt: str, name: str) -> List[Path]:
+    """Every file of a committed part: its features file(s), then its errors file."""
+    d = Path(out_dir)
+    features = [d / FEATURES / f"{name}{_EXT[fmt]}"]
+    if fmt == "npy":
+        features.append(d / FEATURES / f"{name}.paths.jsonl")
+    return features + [d / ERRORS / f"{name}.parquet"]
+
+
+def _damaged(out_dir: Path, fmt: str, name: str):
+    missing = [f for f in part_files(out_dir, fmt, name) if not f.is_file()]
+    return damaged(out_dir, name, missing[0] if missing else out_dir / FEATURES / name)
+
+
+def _read_part_paths(d: Path, fmt: str, name: str) -> List[str]:
     import pyarrow.parquet as pq
 
-    d = Path(out_dir)
-    name = part_name(index)
     if fmt == "parquet":
         paths = pq.read_table(d / FEATURES / f"{name}.parquet", columns=["path"])
         paths = paths.column("path").to_pylist()
@@ -147,6 +166,13 @@ def _read_part(fmt: str, f: Path) -> Tuple[List[str], np.ndarray]:
     return df["path"].tolist(), df.iloc[:, 1:].to_numpy(np.float32)
 
 
+def _read_existing_part(out_dir: Path, fmt: str, f: Path) -> Tuple[List[str], np.ndarray]:
+    try:
+        return _read_part(fmt, f)
+    except FileNotFoundError:
+        raise _damaged(Path(out_dir), fmt, f.name.split(".")[0]) from None
+
+
 def iter_parts(out_dir: Path, skip: int = 0) -> Iterator[Tuple[List[str], np.ndarray]]:
     """(paths, fc7 float32 [n, 4096]) per features part, in row order, for any output format.
 
@@ -155,7 +181,7 @@ def iter_parts(out_dir: Path, skip: int = 0) -> Iterator[Tuple[List[str], np.nda
     """
     fmt, parts = _committed_parts(out_dir)
     for f, _ in parts[skip:]:
-        yield _read_part(fmt, f)
+        yield _read_existing_part(out_dir, fmt, f)
 
 
 def read_features(out_dir: Path) -> Tuple[List[str], np.ndarray]:
@@ -168,7 +194,7 @@ def read_features(out_dir: Path) -> Tuple[List[str], np.ndarray]:
     matrix = np.empty((sum(n for _, n in parts), FC7_DIM), np.float32)
     paths: List[str] = []
     for f, n in parts:
-        ps, m = _read_part(fmt, f)
+        ps, m = _read_existing_part(out_dir, fmt, f)
         matrix[len(paths):len(paths) + n] = m
         paths.extend(ps)
     return paths, matrix

@@ -14,10 +14,15 @@ SEED = 0
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+SUBPROCESS_TIMEOUT = 180  # seconds; a hung child fails its test instead of blocking CI
+
+
 def run_py(*args, **kw):
-    """A Python subprocess in this interpreter, with TensorFlow's start-up noise muted."""
+    """A Python subprocess in this interpreter, with TensorFlow's start-up noise muted, killed
+    after `timeout` seconds (default SUBPROCESS_TIMEOUT)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     env.update(kw.pop("env", {}))
+    kw.setdefault("timeout", SUBPROCESS_TIMEOUT)
     return subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True,
                           text=True, **kw)
 

@@ -2,9 +2,13 @@
 import logging
 import os
 import pty
+import select
 import shutil
 import subprocess
 import sys
+import time
+
+import pytest
 
 from conftest import DEMO, ROOT
 from estimator_vgg.progress import BarProgress, LogProgress, for_stream
@@ -35,15 +39,25 @@ def test_a_bar_on_a_terminal_with_counts_rate_and_errors(tmp_path):
                             stdout=subprocess.PIPE, stderr=slave, env=env)
     os.close(slave)
     seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    out, _ = proc.communicate(timeout=120)
+    deadline = time.time() + 120  # a job that never closes its terminal fails, not hangs
+    try:
+        while time.time() < deadline:
+            if not select.select([master], [], [], 1.0)[0]:
+                continue
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        else:
+            pytest.fail(f"the job still held its terminal after 120 s: {seen[-500:]!r}")
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
     os.close(master)
     text = seen.decode(errors="replace")
     assert proc.returncode == 3, text[-2000:]

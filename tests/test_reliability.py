@@ -180,6 +180,27 @@ def test_a_killed_job_resumes_to_the_uninterrupted_output(fault, crash_inputs, u
     _same_output(out, uninterrupted)
 
 
+@pytest.mark.parametrize("fmt", ["npy", "csv"])
+def test_a_killed_npy_or_csv_job_resumes_to_the_uninterrupted_output(fmt, crash_inputs,
+                                                                    uninterrupted, tmp_path):
+    """The other formats' part files (npy: matrix and path index; csv: one wide file) are
+    committed as safely: killed between a part's files and its listing, then resumed, the
+    rows equal the uninterrupted run's bitwise (csv's %.9g round-trips float32)."""
+    from estimator_vgg.writer import read_features
+
+    out = tmp_path / "out"
+    args = ("output.rows_per_part=2", f"output.format={fmt}")
+    killed = job(tmp_path, crash_inputs, out, *args, fault="part_files:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert job(tmp_path, crash_inputs, out, *args).returncode == 3
+    paths, fc7 = read_features(out)
+    ref_feats, ref_errors = uninterrupted
+    assert paths == ref_feats["path"].tolist()
+    np.testing.assert_array_equal(fc7, np.stack(ref_feats["fc7"]))
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "errors"), ref_errors)
+    assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))
+
+
 def test_a_job_killed_from_outside_resumes_to_the_uninterrupted_output(crash_inputs,
                                                                        uninterrupted, tmp_path):
     out = tmp_path / "out"
@@ -321,3 +342,25 @@ def test_readers_ignore_parts_a_killed_run_left_uncommitted(crash_inputs, tmp_pa
     assert (out / "features" / "part-00001.parquet").exists()  # renamed, not yet listed
     paths, _ = read_features(out)
     assert len(paths) == len(pd.read_parquet(out / "features" / "part-00000.parquet"))
+
+
+def test_a_listed_part_missing_on_disk_says_the_output_is_damaged_and_what_to_do(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        shutil.copy(DEMO / "coffee_small.jpg", imgs / name)
+    out = tmp_path / "out"
+    assert job(tmp_path, imgs, out, "output.rows_per_part=2").returncode == 0
+    (out / "features" / "part-00000.parquet").unlink()
+    shutil.copy(DEMO / "chelsea_cat.JPG", imgs / "d.jpg")
+    r = job(tmp_path, imgs, out, "output.rows_per_part=2")
+    assert r.returncode == 1
+    assert "is damaged" in r.stderr and "part-00000" in r.stderr
+    assert "features/part-00000.parquet is missing" in r.stderr
+    assert "--overwrite" in r.stderr and "rerun the same command" not in r.stderr
+    from estimator_vgg.manifest import OutputError
+    from estimator_vgg.writer import read_features
+    with pytest.raises(OutputError, match="damaged: .*part-00000"):
+        read_features(out)
+    fixed = job(tmp_path, imgs, out, "output.rows_per_part=2", "--overwrite")
+    assert fixed.returncode == 0 and len(read_features(out)[0]) == 4

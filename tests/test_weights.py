@@ -1,5 +1,6 @@
 """Weights: every file layout reads back the seeded arrays; wrong files are named; the checkpoint
-is converted once and reused; `imagenet` goes through Keras' hash-checked download."""
+is converted once and reused; `imagenet` and URL weights go through Keras' hash-checked
+download, tested against a real HTTP server on loopback (no mock of the downloader)."""
 import json
 import logging
 
@@ -80,29 +81,98 @@ def test_checkpoint_is_converted_once_and_keyed_by_sha256(weight_files, tmp_path
     assert other.model_dir != first.model_dir and other.synthetic
 
 
-def test_imagenet_goes_through_keras_hash_checked_download(monkeypatch, weight_files,
-                                                           tmp_path):
-    import tensorflow as tf
+@pytest.fixture()
+def published_bytes(tmp_path, seed_arrays):
+    """The seed-0 weights in the layout of Keras' published ImageNet file, as bytes."""
+    from weight_files import write_published_h5
 
-    calls = []
+    f = tmp_path / "served.h5"
+    write_published_h5(seed_arrays, f)
+    return f.read_bytes()
 
-    def fake_get_file(fname, origin, cache_subdir, file_hash):
-        calls.append((fname, origin, cache_subdir, file_hash))
-        return str(weight_files["published"])
 
-    monkeypatch.setattr(tf.keras.utils, "get_file", fake_get_file)
-    prepared = weights.prepare(ModelConfig(weights="imagenet", cache_dir=tmp_path))
-    assert calls == [("vgg16_weights_tf_dim_ordering_tf_kernels.h5", weights.IMAGENET_URL,
-                      "models", "64373286793e3c8b2b4e3219cbf3544b")]
+def test_imagenet_is_downloaded_once_by_the_real_downloader_md5_checked(
+        published_bytes, monkeypatch, tmp_path):
+    """The ImageNet path end to end, against a loopback server holding seeded weights in the
+    published file's layout: Keras' downloader, its md5 check, the cache, then the checkpoint."""
+    import hashlib
+
+    from estimator_vgg import downloads
+    from http_files import serve
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with serve({"/vgg16.h5": published_bytes}) as srv:
+        monkeypatch.setattr(downloads, "IMAGENET_URL", srv.url("/vgg16.h5"))
+        monkeypatch.setattr(downloads, "IMAGENET_MD5", hashlib.md5(published_bytes).hexdigest())
+        cfg = ModelConfig(weights="imagenet", cache_dir=tmp_path / "cache")
+        prepared = weights.prepare(cfg)
+        again = weights.locate(cfg)
+        assert srv.hits["/vgg16.h5"] == 1  # cached: the second locate fetched nothing
+    cached = tmp_path / "keras" / "models" / downloads.IMAGENET_FILE
+    assert cached.read_bytes() == published_bytes
     assert prepared.source == "imagenet" and not prepared.synthetic
+    assert again.sha256 == prepared.sha256 == hashlib.sha256(published_bytes).hexdigest()
+
+
+def test_weights_from_a_url_are_cached_once_and_their_sha256_checked(published_bytes, tmp_path):
+    import hashlib
+
+    from estimator_vgg import downloads
+    from http_files import serve
+
+    sha = hashlib.sha256(published_bytes).hexdigest()
+    with serve({"/mirror/vgg16.h5": published_bytes}) as srv:
+        url = srv.url("/mirror/vgg16.h5") + "?X-Signature=secret"
+        cfg = ModelConfig(weights=url, weights_sha256=sha, cache_dir=tmp_path / "cache")
+        first = weights.prepare(cfg)
+        second = weights.prepare(cfg)
+        assert srv.hits["/mirror/vgg16.h5"] == 1
+    assert downloads.url_path(url, tmp_path / "cache").read_bytes() == published_bytes
+    assert first.model_dir == second.model_dir and first.sha256 == sha
+    assert "secret" not in first.source  # the signature never reaches the manifest
+
+
+def test_a_download_with_the_wrong_sha256_is_refused_and_nothing_is_cached(published_bytes,
+                                                                           tmp_path):
+    from http_files import serve
+
+    with serve({"/vgg16.h5": published_bytes}) as srv:
+        cfg = ModelConfig(weights=srv.url("/vgg16.h5"), weights_sha256="0" * 64,
+                          cache_dir=tmp_path / "cache")
+        with pytest.raises(WeightsError, match="not the one model.weights_sha256 names"):
+            weights.prepare(cfg)
+        assert srv.hits["/vgg16.h5"] == 1
+    left = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert left == []  # no partial, no mismatching file, no checkpoint
+
+
+def test_a_url_that_answers_404_says_so_and_caches_nothing(tmp_path):
+    from http_files import serve
+
+    with serve({}) as srv:
+        cfg = ModelConfig(weights=srv.url("/gone.h5"), cache_dir=tmp_path / "cache")
+        with pytest.raises(WeightsError, match="could not get .*gone.h5.*404"):
+            weights.locate(cfg)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_the_dry_run_names_url_weights_without_fetching_them(published_bytes, tmp_path):
+    from conftest import make_config
+    from estimator_vgg.plan import dry_run
+    from http_files import serve
+
+    with serve({"/vgg16.h5": published_bytes}) as srv:
+        cfg = make_config(tmp_path, model={"weights": srv.url("/vgg16.h5?sig=abc")})
+        text = dry_run(cfg)
+        assert srv.hits["/vgg16.h5"] == 0
+    assert "vgg16.h5?...: downloaded on first use into" in text and "sig=abc" not in text
 
 
 def test_imagenet_without_internet_says_what_to_do(monkeypatch, tmp_path):
-    import tensorflow as tf
+    from estimator_vgg import downloads
 
-    def offline(*a, **k):
-        raise Exception("URL fetch failure: Temporary failure in name resolution")
-
-    monkeypatch.setattr(tf.keras.utils, "get_file", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(downloads, "IMAGENET_URL", "http://127.0.0.1:9/vgg16.h5")  # refused
     with pytest.raises(WeightsError, match="download that file elsewhere .* set model.weights"):
         weights.prepare(ModelConfig(weights="imagenet", cache_dir=tmp_path))
+    assert not (tmp_path / "keras" / "models" / downloads.IMAGENET_FILE).exists()
