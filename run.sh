@@ -4,6 +4,7 @@
 # reinstall when setup.cfg, pyproject.toml or the lock change). Details: docs/install.md.
 #   ./run.sh CONFIG.yaml [section.key=value ...]   run the job
 #   ./run.sh test [pytest args ...]                 run the test suite (installs Ray too)
+#   ./run.sh test --quick [pytest args ...]         the inner-loop tier, under 2 minutes
 #   ESTIMATOR_VGG_RAY=1 ./run.sh CONFIG.yaml ...    also install Ray, for run.executor: ray
 #   ESTIMATOR_VGG_GPU=1 ./run.sh CONFIG.yaml ...    also install TensorFlow's CUDA 12 and cuDNN
 #                                                   pip packages, for a GPU machine (NVIDIA
@@ -115,7 +116,7 @@ bootstrap() {
 }
 
 if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   if [ -x "$VENV/bin/python" ]; then echo; exec "$VENV/bin/python" -m estimator_vgg --help; fi
   exit 0
 fi
@@ -124,6 +125,12 @@ bootstrap "$1"
 if [ "$1" = "test" ]; then
   shift
   cd "$ROOT"
-  exec "$VENV/bin/python" -m pytest "$@"
+  # Two test processes (pytest-xdist), one file each at a time: most tests wait on a job's
+  # start-up (imports, graph build), so two share the 2 cores well (docs/development.md).
+  # --quick: the inner-loop tier (tests marked quick). Other arguments go on to pytest.
+  tier=()
+  if [ "${1:-}" = "--quick" ]; then shift; tier=(-m quick); fi
+  exec "$VENV/bin/python" -m pytest -n "${ESTIMATOR_VGG_TEST_WORKERS:-2}" --dist loadfile \
+    "${tier[@]}" "$@"
 fi
 exec "$VENV/bin/python" -m estimator_vgg "$@"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
 
 from estimator_vgg import downloads
 from estimator_vgg.config import Config

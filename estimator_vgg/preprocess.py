@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from estimator_vgg.recipe import CAFFE_BGR_MEAN, IMAGE_SIZE, RESIZE_POLICIES  # noqa: F401
+from estimator_vgg.recipe import CAFFE_BGR_MEAN, IMAGE_SIZE
 
 
 def header_size(contents: tf.Tensor) -> tf.Tensor:

@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 Arrays = Dict[str, Tuple[np.ndarray, np.ndarray]]
 
-# Keras' published ImageNet weights for VGG16 with the top (fc6, fc7, predictions).
-from estimator_vgg.downloads import IMAGENET_FILE, IMAGENET_MD5, IMAGENET_URL  # noqa: E402,F401
 
 # tensorflow-vgg's vgg16.npy names its layers after the paper.
 _NPY_NAMES = {f"conv{b}_{c}": f"block{b}_conv{c}"

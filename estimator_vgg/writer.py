@@ -16,7 +16,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Iterator, List, Sequence, Set, Tuple
 
 import numpy as np
 

@@ -70,14 +70,12 @@ def demo_inputs(tmp_path_factory, demo_paths):
 @pytest.fixture(scope="session")
 def keras_fc7(tmp_path_factory, weight_files, demo_inputs):
     """fc7 of the demo images from eager Keras VGG16, loading each .h5 with Keras' own loader."""
-    out = {}
     d = tmp_path_factory.mktemp("reference")
-    for name in ("keras215", "published"):
-        f = d / f"{name}.npy"
-        r = run_py(ROOT / "tests" / "keras_side.py", "fc7", weight_files[name], demo_inputs, f)
-        assert r.returncode == 0, r.stderr[-3000:]
-        out[name] = np.load(f)
-    return out
+    names = ("keras215", "published")
+    args = [a for n in names for a in (weight_files[n], d / f"{n}.npy")]
+    r = run_py(ROOT / "tests" / "keras_side.py", "fc7", args[0], demo_inputs, *args[1:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {n: np.load(d / f"{n}.npy") for n in names}
 
 
 def make_config(tmp_path, **sections):
@@ -102,7 +100,56 @@ def job_config(tmp_path, images, out):
     return cfg
 
 
+def run_job(tmp_path, images, out, *overrides, fault=None, env=None):
+    """The job as a user runs it (job_config), optionally SIGKILLed at a fault point."""
+    cfg = job_config(tmp_path, images, out)
+    extra = dict(env or {})
+    if fault:
+        extra["ESTIMATOR_VGG_FAULT"] = fault
+    return run_py("-m", "estimator_vgg", cfg, *overrides, cwd=tmp_path, env=extra)
+
+
+def tables(out):
+    """The features and errors tables of an output, as pandas reads them."""
+    import pandas as pd
+    return pd.read_parquet(out / "features"), pd.read_parquet(out / "errors")
+
+
 def rel_diff(a, b):
     """Per-row relative L2 difference."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
+
+
+# The quick tier (./run.sh test --quick): per file, the tests in it, or "*" for all. It must
+# fail on any one-line change to the model path that alters fc7 (the goldens, tied to eager
+# Keras; the job's own Estimator traced on its devices) and on each guarantee a user relies on
+# (crash and resume in every format, a damaged output, the downloads, the browser page in CI),
+# and run in under 2 minutes on 2 cores (docs/development.md has the measured time).
+QUICK = {
+    "test_config.py": "*", "test_manifest.py": "*", "test_listing.py": "*",
+    "test_ray_units.py": "*", "test_preprocess.py": "*", "test_towers.py": "*",
+    "test_notebook.py": "*", "test_timeouts.py": "*",
+    "test_devices.py": ["test_native_bfloat16_is_read_from_the_cpu_flags",
+                        "test_a_float32_cpu_job_on_a_native_bfloat16_cpu_hears_what_bfloat16"
+                        "_would_give", "test_gpus_are_renumbered_from_zero_inside_a_ray_task"],
+    "test_golden.py": ["test_demo_features_match_golden_vectors",
+                       "test_golden_vectors_are_what_eager_keras_computes_from_the_image_files",
+                       "test_demo_run_says_its_weights_are_synthetic"],
+    "test_weights.py": ["test_imagenet_is_downloaded_once_by_the_real_downloader_md5_checked",
+                        "test_weights_from_a_url_are_cached_once_and_their_sha256_checked",
+                        "test_a_download_with_the_wrong_sha256_is_refused_and_nothing_is_cached",
+                        "test_the_dry_run_names_url_weights_without_fetching_them"],
+    "test_crash.py": ["test_a_killed_job_resumes_to_the_uninterrupted_output[part_files:2]",
+                      "test_a_killed_npy_or_csv_job_resumes_to_the_uninterrupted_output",
+                      "test_a_listed_part_missing_on_disk_says_the_output_is_damaged_and_what"
+                      "_to_do"],
+    "test_neighbors.py": ["test_pages_render_their_thumbnails_in_a_real_browser"],
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        chosen = QUICK.get(Path(item.fspath).name, ())
+        if chosen == "*" or item.name in chosen or item.originalname in chosen:
+            item.add_marker(pytest.mark.quick)

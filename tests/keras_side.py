@@ -4,7 +4,7 @@ Kept out of the test process because building a Keras model inside a tf.compat.v
 an Estimator does) breaks eager Keras models in the same process.
 
     python tests/keras_side.py save-weights SEED OUT.h5        Keras 2.15 save_weights layout
-    python tests/keras_side.py fc7 WEIGHTS.h5 IMAGES.npy OUT.npy
+    python tests/keras_side.py fc7 WEIGHTS.h5 IMAGES.npy OUT.npy [WEIGHTS2.h5 OUT2.npy ...]
     python tests/keras_side.py files WEIGHTS.h5 FOLDER OUT.npy PATH...
         fc7 of image files, preprocessed here without the job's code: TensorFlow's decoder,
         the center_crop policy written out again, Keras' own Caffe preprocess_input
@@ -30,13 +30,15 @@ def save_weights(seed: str, out: str) -> None:
     model.save_weights(out)
 
 
-def fc7(weights: str, images: str, out: str) -> None:
-    model = _model()
-    model.load_weights(weights)
-    cut = tf.keras.Model(model.input, model.get_layer("fc2").output)
+def fc7(weights: str, images: str, out: str, *more: str) -> None:
+    """fc7 of IMAGES under each weights file (one process: TensorFlow imported once)."""
     x = np.load(images)
-    np.save(out, np.concatenate([cut(x[i:i + 1], training=False).numpy()
-                                 for i in range(len(x))]))
+    for w, o in [(weights, out), *zip(more[::2], more[1::2])]:
+        model = _model()
+        model.load_weights(w)
+        cut = tf.keras.Model(model.input, model.get_layer("fc2").output)
+        np.save(o, np.concatenate([cut(x[i:i + 1], training=False).numpy()
+                                   for i in range(len(x))]))
 
 
 def _center_crop_224(rgb: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, ROOT, SEED, rel_diff, run_py
+from conftest import DEMO, ROOT, rel_diff, run_py
 
 GOLDEN = ROOT / "tests" / "golden"
 

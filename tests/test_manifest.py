@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from conftest import DEMO, ROOT, make_config
 from estimator_vgg.manifest import Fingerprint, Manifest, PartRecord, RunRecord
 

@@ -1,0 +1,127 @@
+"""Where the input pipeline's time goes: images/s of each piece of the job's decode path, alone
+and together, at 1 and 2 threads, alternated rep by rep in one process.
+
+    .venv/bin/python benchmarks/decode_profile.py [--images 192] [--reps 3] [--threads 1 2]
+
+Variants (each a tf.data pipeline over the same generated JPEGs, no model):
+  plain      read, decode (decode_image), resize (center_crop, antialias), Caffe step
+  +check     plain with the header pixel check before decoding (preprocess.check_pixels)
+  +ignore    plain with ignore_errors() after the map (failed files dropped)
+  +parts     plain cut per output part (flat_map over parts of 64, batches within a part)
+  job        the job's own input_fn (skip_bad=True, parts of 1024): all of the above
+  job-fast   the job's input_fn with preprocess.fast_decode (when the key exists)
+The images are made by throughput.py's make_images (10% camera-size photos).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _pipelines(images: Path, threads: int):
+    import tensorflow as tf
+
+    from estimator_vgg import preprocess as pp
+    from estimator_vgg.config import load_config
+    from estimator_vgg.input import input_fn
+    from estimator_vgg.listing import list_images
+
+    paths = list_images(images, ["jpg"])
+    files = [str(images / p) for p in paths]
+    cfg = load_config(None, input={"dir": str(images), "decode_threads": threads},
+                      output={"dir": str(images.parent / "out")},
+                      model={"weights": "synthetic"}, devices={"batch_size": 8})
+
+    def plain(contents, check=False):
+        if check:
+            contents = pp.check_pixels(contents, cfg.input.max_pixels)
+        return pp.caffe_preprocess(pp.resize(pp.decode_rgb(contents), "center_crop", True))
+
+    def simple(check=False, ignore=False, parts=None):
+        def one(ds):
+            ds = ds.map(lambda f: plain(tf.io.read_file(f), check), num_parallel_calls=threads,
+                        deterministic=True)
+            return (ds.ignore_errors() if ignore else ds).batch(8)
+        if parts:
+            starts = tf.constant(list(range(0, len(files), parts)), tf.int64)
+            all_files = tf.constant(files)
+            ds = tf.data.Dataset.from_tensor_slices(starts).flat_map(
+                lambda s: one(tf.data.Dataset.from_tensor_slices(all_files[s:s + parts])))
+        else:
+            ds = one(tf.data.Dataset.from_tensor_slices(files))
+        return ds.prefetch(2)
+
+    sizes = [len(paths[i:i + 1024]) for i in range(0, len(paths), 1024)]
+    out = {
+        "plain": lambda: simple(),
+        "+check": lambda: simple(check=True),
+        "+ignore": lambda: simple(ignore=True),
+        "+parts": lambda: simple(parts=64),
+        "job": lambda: input_fn(cfg, paths, part_sizes=sizes, skip_bad=True)(),
+    }
+    if hasattr(cfg.preprocess, "fast_decode"):
+        fast = load_config(None, input={"dir": str(images), "decode_threads": threads},
+                           output={"dir": str(images.parent / "out")},
+                           model={"weights": "synthetic"}, devices={"batch_size": 8},
+                           preprocess={"fast_decode": True})
+        out["job-fast"] = lambda: input_fn(fast, paths, part_sizes=sizes, skip_bad=True)()
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads  # no more cores than asked for
+    options.autotune.enabled = False
+    return {k: (lambda f=f: f().with_options(options)) for k, f in out.items()}
+
+
+def _rate(make) -> float:
+    ds = make()
+    start = time.perf_counter()
+    n = sum(int(b["image"].shape[0]) if isinstance(b, dict) else int(b.shape[0]) for b in ds)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--only", nargs="+", help="variants to run (default: all)")
+    args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from throughput import machine, make_images
+
+    print(f"# {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "images"
+        make_images(images, args.images)
+        rates: dict = {}
+        for threads in args.threads:
+            pipes = _pipelines(images, threads)
+            names = [n for n in pipes if not args.only or n in args.only]
+            _rate(pipes[names[0]])  # warm-up: page cache, kernels
+            for rep in range(args.reps):
+                for name in names:
+                    r = _rate(pipes[name])
+                    rates.setdefault((name, threads), []).append(r)
+                    print(f"  rep {rep + 1}: {threads} thread(s) {name:<9} {r:7.1f} images/s",
+                          flush=True)
+    print(f"\n{args.images} JPEGs, {args.reps} alternated reps, medians")
+    print("| variant | " + " | ".join(f"{t} thread(s)" for t in args.threads)
+          + " | " + " | ".join(f"vs plain, {t}" for t in args.threads) + " |")
+    print("| --- |" + " ---: |" * (2 * len(args.threads)))
+    for name in dict.fromkeys(n for n, _ in rates):
+        med = [statistics.median(rates[(name, t)]) for t in args.threads]
+        base = [statistics.median(rates[("plain", t)]) for t in args.threads]
+        print(f"| {name} | " + " | ".join(f"{m:.1f}" for m in med) + " | "
+              + " | ".join(f"{m / b:.2f}x" for m, b in zip(med, base)) + " |")
+
+
+if __name__ == "__main__":
+    main()
