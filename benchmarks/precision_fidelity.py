@@ -3,6 +3,7 @@ the float32, full-decode fc7, per image.
 
     .venv/bin/python benchmarks/precision_fidelity.py [CONFIG] [--precision bfloat16]
     .venv/bin/python benchmarks/precision_fidelity.py [CONFIG] --dct --input DIR --make-images 48
+    .venv/bin/python benchmarks/precision_fidelity.py [CONFIG] --fast --input DIR --make-images 96
 
 Runs the job twice on CONFIG's images (default configs/demo.yaml; --input overrides
 input.dir), in float32 and in the given precision (or in float32 with
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--precision", default="bfloat16")
     ap.add_argument("--dct", action="store_true",
                     help="compare preprocess.jpeg_dct_scaling=true instead of a precision")
+    ap.add_argument("--fast", action="store_true",
+                    help="compare preprocess.fast_decode=true (every fast decode measure)")
     ap.add_argument("--input", help="another input.dir")
     ap.add_argument("--make-images", type=int, metavar="N",
                     help="into --input (a new folder): N JPEGs made as throughput.py makes its "
@@ -42,7 +45,10 @@ def main() -> None:
         from throughput import make_images
         make_images(Path(args.input), args.make_images)
     base = [f"input.dir={args.input}"] if args.input else []
-    if args.dct:
+    if args.fast:
+        variants = {"exact decode": ["model.precision=float32"],
+                    "fast_decode": ["model.precision=float32", "preprocess.fast_decode=true"]}
+    elif args.dct:
         variants = {"full decode": ["model.precision=float32"],
                     "DCT scaling": ["model.precision=float32",
                                     "preprocess.jpeg_dct_scaling=true"]}
@@ -67,7 +73,7 @@ def main() -> None:
     if len(pairs):
         print(f"  for scale, two different images of this set ({first}): cosine min "
               f"{pairs.min():.4f}, mean {pairs.mean():.4f}, max {pairs.max():.4f}")
-    if args.dct:
+    if args.dct or args.fast:
         scaled = [i for i, p in enumerate(paths) if _scaled(input_dir / p)]
         if scaled:
             print(f"  the {len(scaled)} images decoded at reduced scale: cosine min "

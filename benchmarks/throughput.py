@@ -71,10 +71,14 @@ def make_images(folder: Path, n: int, seed: int = 0) -> None:
 
 # ---- the methods, each run in its own process ---------------------------------------------
 
-def _synthetic_cfg(images: Path, out: Path, precision: str, dct: bool = False):
+def _synthetic_cfg(images: Path, out: Path, precision: str, dct: bool = False,
+                   fast: bool = False):
     from estimator_vgg.config import load_config
-    return load_config(None, input={"dir": str(images)}, output={"dir": str(out)},
-                       preprocess={"jpeg_dct_scaling": dct},
+    threads = os.environ.get("THROUGHPUT_DECODE_THREADS")
+    return load_config(None, input={"dir": str(images),
+                                    **({"decode_threads": int(threads)} if threads else {})},
+                       output={"dir": str(out)},
+                       preprocess={"jpeg_dct_scaling": dct, "fast_decode": fast},
                        model={"weights": "synthetic", "precision": precision,
                               "cache_dir": str(ROOT / ".cache")},
                        devices={"cpus": 1, "batch_size": BATCH})
@@ -112,7 +116,7 @@ def ceiling(images: Path, precision: str) -> dict:
     return {"images": steps * BATCH, "seconds": seconds}
 
 
-def job(images: Path, precision: str, dct: bool = False) -> dict:
+def job(images: Path, precision: str, dct: bool = False, fast: bool = False) -> dict:
     """The job end to end, as runner.run does it for the command line."""
     import logging
 
@@ -121,7 +125,7 @@ def job(images: Path, precision: str, dct: bool = False) -> dict:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        summary = run(_synthetic_cfg(images, Path(tmp) / "out", precision, dct))
+        summary = run(_synthetic_cfg(images, Path(tmp) / "out", precision, dct, fast))
         seconds = time.perf_counter() - start
     assert summary.features == len(list(images.iterdir())), summary
     # Steady state: the images after the first batch over the time after it, i.e. without
@@ -238,8 +242,13 @@ def jobdct(images: Path, precision: str) -> dict:
     return job(images, precision, dct=True)
 
 
-METHODS = {"ceiling": ceiling, "job": job, "jobdct": jobdct, "seed": seed, "keras": keras,
-           "decode": decode}
+def jobfast(images: Path, precision: str) -> dict:
+    """The job with preprocess.fast_decode: crop-window decode and 4x DCT scaling."""
+    return job(images, precision, fast=True)
+
+
+METHODS = {"ceiling": ceiling, "job": job, "jobdct": jobdct, "jobfast": jobfast, "seed": seed,
+           "keras": keras, "decode": decode}
 
 
 def child(method: str, images: str, precision: str) -> None:
@@ -287,12 +296,16 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["ceiling", "job", "seed", "keras"])
     ap.add_argument("--memory", type=int, nargs=2, metavar=("SMALL", "LARGE"),
                     help="instead: peak memory of the job (float32) at two image counts")
+    ap.add_argument("--decode-threads", type=int,
+                    help="input.decode_threads of the jobs (default: the config's default)")
     ap.add_argument("--batch", type=int, default=BATCH,
                     help="images per step for the model, the job and the baselines (default 8)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     BATCH = args.batch
     os.environ["THROUGHPUT_BATCH"] = str(BATCH)  # the children measure with it
+    if args.decode_threads:
+        os.environ["THROUGHPUT_DECODE_THREADS"] = str(args.decode_threads)
     if args.child:
         return child(*args.child)
     print(f"# {machine()}")
@@ -302,7 +315,7 @@ def main() -> None:
         images = Path(tmp) / "images"
         make_images(images, args.images)
         runs = [(m, p) for m in args.methods
-                for p in (args.precisions if m in ("ceiling", "job", "jobdct") else
+                for p in (args.precisions if m in ("ceiling", "job", "jobdct", "jobfast") else
                           ["1", "1p", "2", "2p"] if m == "decode" else ["float32"])]
         results = {r: [] for r in runs}
         for rep in range(args.reps):
@@ -326,7 +339,7 @@ def report(results: dict, args) -> None:
         ratio = f"{r / ceil:.2f}x" if ceil else ""
         print(f"| {m} | {p} | {r:.2f} | {ratio} | {mem[(m, p)]:.0f} |")
     first = [x["first_batch_s"] for (m, _), v in results.items() if m == "job" for x in v]
-    jobs = [m for m in ("job", "jobdct") if any(k[0] == m for k in results)]
+    jobs = [m for m in ("job", "jobdct", "jobfast") if any(k[0] == m for k in results)]
     if first:
         print(f"job: first batch after {statistics.median(first):.1f} s (median, from start)")
     for (m, p), v in results.items():

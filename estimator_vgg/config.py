@@ -70,6 +70,11 @@ class PreprocessConfig:
                                   "448 or more), skipping most of the decode and resize work "
                                   "for camera-size photos. fc7 changes slightly (see "
                                   "\"Performance\"); recorded in the manifest.", default=False)
+    fast_decode: bool = _doc("Every decode measure that keeps fc7 within cosine 0.9995 of the "
+                             "exact path: `jpeg_dct_scaling`, and under `center_crop` a JPEG "
+                             "is decoded and resized only where the crop keeps it. Off by "
+                             "default (the exact path); recorded in the manifest when on. "
+                             "Speed and fidelity: docs/devices.md.", default=False)
 
 
 @dataclass(frozen=True)

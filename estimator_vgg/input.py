@@ -12,6 +12,9 @@ import tensorflow as tf
 from estimator_vgg.config import Config
 from estimator_vgg.preprocess import preprocess
 
+IN_FLIGHT_PER_THREAD = 4  # images in flight per decode thread (benchmarks/decode_profile.py); each
+# holds a decoded image and its float32 copy, up to 180 MB for a 12-megapixel photo
+
 
 def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = None,
              part_sizes: Optional[Sequence[int]] = None, skip_bad: bool = False
@@ -41,11 +44,11 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     batch = cfg.devices.batch_size * cfg.towers
     i = cfg.input
     policy, antialias, max_pixels = cfg.preprocess.resize, cfg.preprocess.antialias, i.max_pixels
-    dct = cfg.preprocess.jpeg_dct_scaling
+    dct, fast = cfg.preprocess.jpeg_dct_scaling, cfg.preprocess.fast_decode
     threads, prefetch = i.decode_threads, i.prefetch_batches
 
     def load(file, key):
-        image = preprocess(tf.io.read_file(file), policy, antialias, max_pixels, dct)
+        image = preprocess(tf.io.read_file(file), policy, antialias, max_pixels, dct, fast)
         return {"image": image, "path": key}
 
     def make() -> tf.data.Dataset:
@@ -55,7 +58,11 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
         def part(start, size):
             ds = tf.data.Dataset.from_tensor_slices((all_files[start:start + size],
                                                      all_keys[start:start + size]))
-            ds = ds.map(load, num_parallel_calls=threads, deterministic=True)
+            # More images in flight than threads: in listing order, a slow image (a camera
+            # photo) would otherwise hold back the thread that finished the next one, and
+            # with ignore_errors between map and batch tf.data cannot fuse them to hide that.
+            ds = ds.map(load, num_parallel_calls=IN_FLIGHT_PER_THREAD * threads,
+                        deterministic=True)
             if skip_bad:
                 ds = ds.ignore_errors()
             return ds.batch(batch)
@@ -65,6 +72,9 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
         ds = ds.filter(lambda start, size: size > 0).flat_map(part).prefetch(prefetch)
         options = tf.data.Options()
         options.deterministic = True
+        # Decoding gets input.decode_threads threads of its own, never more, so on a CPU it
+        # shares the cores with the model by the number the config names.
+        options.threading.private_threadpool_size = threads
         # Fixed parallelism instead of autotune: with autotune on, runs were seen idling for
         # 8-15 s at the end while the iterator's destructor waited on the autotune thread.
         options.autotune.enabled = False

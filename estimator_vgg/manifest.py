@@ -54,13 +54,20 @@ class Preprocessing:
     image_size: Optional[int]
     mean_bgr: Optional[List[float]]
     jpeg_dct_scaling: bool = False   # absent from the JSON when off (outputs made before it)
+    fast_decode: bool = False        # likewise
 
     def to_dict(self) -> dict:
         d = {"recipe": self.recipe, "resize": self.resize, "antialias": self.antialias,
              "image_size": self.image_size, "mean_bgr": self.mean_bgr}
-        if self.jpeg_dct_scaling:
-            d["jpeg_dct_scaling"] = True
+        for flag in OFF_WHEN_ABSENT:
+            if getattr(self, flag):
+                d[flag] = True
         return d
+
+
+# Options recorded in the fingerprint only when on, so outputs made before they existed keep
+# their fingerprint; absent reads as off.
+OFF_WHEN_ABSENT = ("jpeg_dct_scaling", "fast_decode")
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ class Fingerprint:
                    weights_sha256=located.sha256, synthetic_weights=located.synthetic,
                    preprocessing=Preprocessing(recipe.PREPROCESS_RECIPE, p.resize, p.antialias,
                                                recipe.IMAGE_SIZE, list(recipe.CAFFE_BGR_MEAN),
-                                               p.jpeg_dct_scaling),
+                                               p.jpeg_dct_scaling, p.fast_decode),
                    output_format=cfg.output.format, input_dir=str(cfg.input.dir))
 
     @classmethod
@@ -97,7 +104,8 @@ class Fingerprint:
         pre = dict(d.pop("preprocessing", None) or {})
         known = {f.name for f in dataclasses.fields(Preprocessing)}
         pre_extra = {k: pre.pop(k) for k in list(pre) if k not in known}
-        pre["jpeg_dct_scaling"] = bool(pre.get("jpeg_dct_scaling", False))
+        for flag in OFF_WHEN_ABSENT:
+            pre[flag] = bool(pre.get(flag, False))
         preprocessing = Preprocessing(**{k: pre.get(k) for k in known})
         names = [f.name for f in dataclasses.fields(cls) if f.name not in ("preprocessing",
                                                                            "extra")]
@@ -121,7 +129,7 @@ class Fingerprint:
     def _flat(self) -> Dict[str, Any]:
         d = self.to_dict()
         d["preprocessing"] = {**d["preprocessing"],
-                              "jpeg_dct_scaling": self.preprocessing.jpeg_dct_scaling}
+                              **{f: getattr(self.preprocessing, f) for f in OFF_WHEN_ABSENT}}
         out = {}
         for k, v in d.items():
             if isinstance(v, dict):

@@ -99,7 +99,8 @@ class Accountant:
         else:
             reason, message = probe.classify(self.cfg.input.dir, rel, self.cfg.input.max_pixels,
                                              self.cfg.input.follow_external_symlinks,
-                                             self.cfg.preprocess.jpeg_dct_scaling)
+                                             self.cfg.preprocess.jpeg_dct_scaling
+                                             or self.cfg.preprocess.fast_decode)
         log.warning("%s: %s (%s)", display_path(rel), reason, message)
         part.errors.append((rel, reason, message))
         self.errors.append((rel, reason, message))
@@ -154,8 +155,68 @@ class Accountant:
             self._commit_full_parts()
 
 
+INPUT_BOUND_SHARE = 0.15  # above it, the log says the input pipeline set the pace
+
+
+class InputWait:
+    """What share of the model's step time went to waiting for the input pipeline, from the
+    step stats of a sample of steps (every `every`-th, after the first): the time the
+    Estimator's IteratorGetNext op blocked, over the step's wall time."""
+
+    def __init__(self, every: int = 10):
+        self.every, self.step, self.traced = every, 0, 0
+        self.wait_us = self.step_us = 0
+
+    def hook(self):
+        import tensorflow as tf
+
+        meter = self
+
+        class _Hook(tf.compat.v1.train.SessionRunHook):
+            def before_run(self, run_context):
+                meter.step += 1
+                if meter.step % meter.every != 2 % meter.every:
+                    return None
+                return tf.compat.v1.train.SessionRunArgs(None, options=tf.compat.v1.RunOptions(
+                    trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE))
+
+            def after_run(self, run_context, run_values):
+                meter.add(run_values.run_metadata.step_stats)
+
+        return _Hook()
+
+    def add(self, step_stats) -> None:
+        starts, ends, wait = [], [], 0
+        for dev in step_stats.dev_stats:
+            for node in dev.node_stats:
+                starts.append(node.all_start_micros)
+                ends.append(node.all_start_micros + node.all_end_rel_micros)
+                if node.node_name.split(":")[0] == "IteratorGetNext":
+                    wait = max(wait, node.all_end_rel_micros)
+        if starts:
+            self.traced += 1
+            self.wait_us += wait
+            self.step_us += max(ends) - min(starts)
+
+    @property
+    def share(self) -> float:
+        return self.wait_us / self.step_us if self.step_us else 0.0
+
+    def report(self, cfg: Config) -> None:
+        if not self.traced:
+            return
+        log.info("input: the model waited for the input pipeline %.0f%% of its step time "
+                 "(%d steps traced)", 100 * self.share, self.traced)
+        if self.share > INPUT_BOUND_SHARE:
+            tips = [f"raise input.decode_threads (now {cfg.input.decode_threads})"]
+            if not cfg.preprocess.fast_decode:
+                tips.append("set preprocess.fast_decode: true")
+            log.warning("input: the input pipeline, not the devices, set the pace of this run; "
+                        "%s (docs/devices.md, \"Decoding\")", " or ".join(tips))
+
+
 def _stream_rows(cfg: Config, prepared, feed: List[List[str]], accountant: Accountant,
-                 start: float, on_batch: Callable[[], None]) -> float:
+                 start: float, on_batch: Callable[[], None], wait: InputWait) -> float:
     """Predict the files of `feed` (one list per part) and hand every row to the accountant in
     listing order; returns the seconds from `start` (a time.time()) to the first batch."""
     first_batch_s = 0.0
@@ -165,7 +226,7 @@ def _stream_rows(cfg: Config, prepared, feed: List[List[str]], accountant: Accou
              cfg.devices.batch_size * cfg.towers, len(feed))
     predictions = est.predict(
         input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
-        yield_single_examples=False, checkpoint_path=prepared.checkpoint)
+        yield_single_examples=False, checkpoint_path=prepared.checkpoint, hooks=[wait.hook()])
     for batch in predictions:
         fault("batch")
         if not first_batch_s:
@@ -193,9 +254,12 @@ def embed_parts(cfg: Config, prepare: Callable[[], object], store, parts: List[P
     feed = [[f for f in p.files if f not in blocked] for p in parts]
     accountant = Accountant(cfg, store, parts, blocked, seen_before, errors_before, early_stop)
     first_batch_s = 0.0
+    wait = InputWait()
     if any(feed):
         first_batch_s = _stream_rows(cfg, prepare(), feed, accountant, start, on_batch=lambda: (
-            on_progress(accountant.accounted, len(accountant.errors))))
+            on_progress(accountant.accounted, len(accountant.errors))), wait=wait)
+        wait.report(cfg)
     accountant.finish()  # what the stream did not deliver failed, or was never fed
     on_progress(accountant.accounted, len(accountant.errors))
-    return Done(accountant.features, accountant.errors, first_batch_s)
+    record = {"input_wait_share": round(wait.share, 3)} if wait.traced else {}
+    return Done(accountant.features, accountant.errors, first_batch_s, record)

@@ -69,7 +69,8 @@ def dry_run(cfg: Config) -> str:
         f"  tensorflow   {tensorflow_build()}",
         f"  weights      {_weights_text(cfg)}",
         f"  preprocess   {cfg.preprocess.resize}, antialias {cfg.preprocess.antialias}"
-        f"{', JPEG DCT scaling' if cfg.preprocess.jpeg_dct_scaling else ''}",
+        f"{', JPEG DCT scaling' if cfg.preprocess.jpeg_dct_scaling else ''}"
+        f"{', fast decode' if cfg.preprocess.fast_decode else ''}",
         f"  executor     {_executor_text(cfg, todo)}",
     ]
     return "\n".join(lines)

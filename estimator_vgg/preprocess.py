@@ -12,43 +12,47 @@ import tensorflow as tf
 from estimator_vgg.recipe import CAFFE_BGR_MEAN, IMAGE_SIZE
 
 
+# Header fields read without decoding, as (offset, byte weights): the first four bytes (the
+# magic), then (height, width) of PNG (big-endian u32 at 20 and 16), GIF (little-endian u16 at
+# 8 and 6) and BMP (little-endian i32 at 22 and 18; a negative height means top-down rows).
+_FIELDS = [(0, (2 ** 24, 2 ** 16, 2 ** 8, 1)),
+           (20, (2 ** 24, 2 ** 16, 2 ** 8, 1)), (16, (2 ** 24, 2 ** 16, 2 ** 8, 1)),
+           (8, (1, 2 ** 8, 0, 0)), (6, (1, 2 ** 8, 0, 0)),
+           (22, (1, 2 ** 8, 2 ** 16, 2 ** 24)), (18, (1, 2 ** 8, 2 ** 16, 2 ** 24))]
+_FIELD_BYTES = [[off + k for k in range(4)] for off, _ in _FIELDS]
+_FIELD_WEIGHTS = [list(w) for _, w in _FIELDS]
+# A 1x1 JPEG: what extract_jpeg_shape reads when the file is no JPEG, so no branch is needed.
+_TINY_JPEG = bytes.fromhex(  # tf.io.encode_jpeg of one black pixel, quality 50
+    "ffd8ffe000104a46494600010101012c012c0000ffdb004300100b0c0e0c0a100e0d0e1211101318281a1816"
+    "16183123251d283a333d3c3933383740485c4e404457453738506d51575f626768673e4d71797064785c6567"
+    "63ffc0000b080001000101011100ffc4001f0000010501010101010100000000000000000102030405060708"
+    "090a0bffc400b5100002010303020403050504040000017d0102030004110512213141061351610722711432"
+    "8191a1082342b1c11552d1f02433627282090a161718191a25262728292a3435363738393a43444546474849"
+    "4a535455565758595a636465666768696a737475767778797a838485868788898a92939495969798999aa2a3"
+    "a4a5a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8e9ea"
+    "f1f2f3f4f5f6f7f8f9faffda0008010100003f00f3faffd9")
+
+
 def header_size(contents: tf.Tensor) -> tf.Tensor:
     """int64 [height, width] claimed by a JPEG/PNG/GIF/BMP header, read without decoding.
 
     [-1, -1] for other formats (the decoder then refuses them). A JPEG with a broken header
-    raises, as its decode would.
+    raises, as its decode would. Branch-free and a couple of dozen small ops: it runs once per
+    image inside tf.data, where each functional branch (tf.case) cost more than the reads.
     """
-    head = tf.strings.substr(contents, 0, 32)
-    head = tf.strings.substr(tf.strings.join([head, tf.constant(b"\0" * 32)]), 0, 32)
-    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
-
-    def be(i, n):  # big-endian unsigned int of n bytes at offset i
-        v = tf.constant(0, tf.int64)
-        for k in range(n):
-            v = v * 256 + b[i + k]
-        return v
-
-    def le(i, n):
-        v = tf.constant(0, tf.int64)
-        for k in reversed(range(n)):
-            v = v * 256 + b[i + k]
-        return v
-
-    def le_int32(i):
-        v = le(i, 4)
-        return tf.where(v >= 2 ** 31, v - 2 ** 32, v)
-
-    is_png = tf.reduce_all(tf.equal(b[:4], [137, 80, 78, 71]))
-    is_gif = tf.reduce_all(tf.equal(b[:3], [71, 73, 70]))
-    is_bmp = tf.reduce_all(tf.equal(b[:2], [66, 77]))
-    is_jpeg = tf.reduce_all(tf.equal(b[:2], [255, 216]))
-    unknown = tf.constant([-1, -1], tf.int64)
-    return tf.case([
-        (is_png, lambda: tf.stack([be(20, 4), be(16, 4)])),
-        (is_gif, lambda: tf.stack([le(8, 2), le(6, 2)])),
-        (is_bmp, lambda: tf.stack([tf.abs(le_int32(22)), tf.abs(le_int32(18))])),
-        (is_jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(contents)[:2], tf.int64)),
-    ], default=lambda: unknown, exclusive=True)
+    b = tf.cast(tf.io.decode_raw(contents, tf.uint8, fixed_length=32), tf.int64)
+    fields = tf.reduce_sum(tf.gather(b, _FIELD_BYTES) * tf.constant(_FIELD_WEIGHTS, tf.int64),
+                           axis=1)
+    magic = fields[0]
+    signed = tf.where(fields >= 2 ** 31, fields - 2 ** 32, fields)
+    is_jpeg = tf.equal(magic // 2 ** 16, 0xFFD8)
+    jpeg = tf.cast(tf.io.extract_jpeg_shape(tf.where(is_jpeg, contents, _TINY_JPEG))[:2],
+                   tf.int64)
+    candidates = tf.stack([fields[1:3], fields[3:5], tf.abs(signed[5:7]), jpeg,
+                           tf.constant([-1, -1], tf.int64)])
+    which = tf.stack([tf.equal(magic, 0x89504E47), tf.equal(magic // 2 ** 8, 0x474946),
+                      tf.equal(magic // 2 ** 16, 0x424D), is_jpeg, tf.constant(True)])
+    return candidates[tf.argmax(tf.cast(which, tf.int32), output_type=tf.int32)]
 
 
 def check_pixels(contents: tf.Tensor, max_pixels: int) -> tf.Tensor:
@@ -57,9 +61,9 @@ def check_pixels(contents: tf.Tensor, max_pixels: int) -> tf.Tensor:
     Runs before decoding, so a small file claiming 40000x40000 never allocates the image.
     """
     hw = header_size(contents)
-    ok = tf.debugging.assert_less_equal(
-        hw[0] * hw[1], tf.constant(max_pixels, tf.int64),
-        message=f"too_large: the header claims more than {max_pixels} pixels")
+    ok = tf.raw_ops.Assert(
+        condition=hw[0] * hw[1] <= max_pixels,
+        data=[tf.constant(f"too_large: the header claims more than {max_pixels} pixels")])
     with tf.control_dependencies([ok]):
         return tf.identity(contents)
 
@@ -78,7 +82,7 @@ def decode_rgb(contents: tf.Tensor) -> tf.Tensor:
 DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode at, by DCT scaling
 
 
-def dct_ratio(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+def dct_ratio(height: tf.Tensor, width: tf.Tensor, min_side: int = 2 * IMAGE_SIZE) -> tf.Tensor:
     """Index into DCT_RATIOS of the largest ratio that keeps the shorter side >= 448.
 
     Both resize policies shrink to 224 on the shorter side (center_crop) or on each side
@@ -89,7 +93,7 @@ def dct_ratio(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
     the shorter side are decoded at 1/2, 1/4 or 1/8.
     """
     short = tf.minimum(height, width)
-    ok = [tf.cast(short // r >= 2 * IMAGE_SIZE, tf.int32) for r in DCT_RATIOS[1:]]
+    ok = [tf.cast(short // r >= min_side, tf.int32) for r in DCT_RATIOS[1:]]
     return tf.add_n(ok)  # ratios are nested: 8 fits => 4 and 2 fit
 
 
@@ -118,7 +122,11 @@ def resize(image: tf.Tensor, policy: str, antialias: bool = True) -> tf.Tensor:
     `center_crop`: scale so the shorter side is 224 (aspect kept), then take the central
     224x224. `squash`: scale both sides to 224.
     """
-    image = tf.cast(image, tf.float32)
+    if not (antialias and image.dtype == tf.uint8):
+        # The antialiased resize (ScaleAndTranslate) reads uint8 itself, with the same result
+        # to the bit as from a float32 copy (measured on the demo and generated photos), so
+        # that copy of the decoded image is made only for the plain bilinear resize.
+        image = tf.cast(image, tf.float32)
     if policy == "squash":
         out = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], method="bilinear",
                               antialias=antialias)
@@ -141,6 +149,64 @@ def resize(image: tf.Tensor, policy: str, antialias: bool = True) -> tf.Tensor:
     return out
 
 
+WINDOW_MARGIN = 8  # pixels of the decoded window beyond the resize kernel's reach (see below)
+
+
+# fast_decode's DCT scaling leaves at least 4x of the reduction to the antialiased resize:
+# at jpeg_dct_scaling's 2x one photo of the 96-image benchmark mix fell to cosine 0.9979, at
+# 3x the worst was 0.99957, at 4x 0.99994 (benchmarks/precision_fidelity.py --fast).
+FAST_DCT_MIN_SIDE = 4 * IMAGE_SIZE
+
+
+def center_crop_jpeg(contents: tf.Tensor, min_side: int = FAST_DCT_MIN_SIDE) -> tf.Tensor:
+    """JPEG bytes -> float32 [224, 224, 3]: the center_crop policy with an antialiased resize,
+    decoding only the window of the image that the crop keeps, at 1/2, 1/4 or 1/8 scale in
+    the DCT domain while the shorter side stays at least `min_side`.
+
+    The geometry is the center_crop policy's on the image as libjpeg decodes it at 1/r (the
+    ratio of dct_ratio). The window reaches WINDOW_MARGIN pixels beyond where the resize
+    kernel reads (libjpeg's chroma upsampling differs in the last few pixels at a window's
+    edge), and ScaleAndTranslate maps the window straight onto the crop with the scale of the
+    full resize and a translation for the window's offset: the same kernel weights on the
+    same pixels, so only float rounding differs from the full path, and the rows and columns
+    the crop drops are never decoded or resized.
+    """
+    hw = tf.io.extract_jpeg_shape(contents)
+    index = dct_ratio(hw[0], hw[1], min_side)
+    r = tf.gather(tf.constant(DCT_RATIOS, tf.int32), index)
+    hs, ws = (hw[0] + r - 1) // r, (hw[1] + r - 1) // r   # libjpeg's scaled size: ceil
+    h, w = tf.cast(hs, tf.float64), tf.cast(ws, tf.float64)
+    s = IMAGE_SIZE / tf.minimum(h, w)
+    new_h = tf.maximum(tf.cast(tf.round(h * s), tf.int32), IMAGE_SIZE)
+    new_w = tf.maximum(tf.cast(tf.round(w * s), tf.int32), IMAGE_SIZE)
+    top, left = (new_h - IMAGE_SIZE) // 2, (new_w - IMAGE_SIZE) // 2
+    # tf.image.resize's scale (float32, output size over input size), for both sides
+    scale = (tf.cast(tf.stack([new_h, new_w]), tf.float32)
+             / tf.cast(tf.stack([hs, ws]), tf.float32))
+    # The kernel reads input pixels within max(1, 1/scale) of where an output pixel lands.
+    reach = tf.cast(tf.math.ceil(tf.maximum(1.0, 1.0 / scale)), tf.int32) + WINDOW_MARGIN
+    start = tf.cast(tf.math.floor(tf.cast(tf.stack([top, left]), tf.float32) / scale),
+                    tf.int32) - reach
+    end = tf.cast(tf.math.ceil(tf.cast(tf.stack([top, left]) + IMAGE_SIZE, tf.float32)
+                               / scale), tf.int32) + reach
+    start = tf.maximum(start, 0)
+    end = tf.minimum(end, tf.stack([hs, ws]))
+    window = tf.concat([start, end - start], axis=0)
+    # libjpeg's defaults: dct_method INTEGER_FAST measured no faster here and fancy_upscaling
+    # off lost fidelity (cosine 0.99974) for no gain (benchmarks/README.md, "fast_decode").
+    branches = [lambda r=r: tf.io.decode_and_crop_jpeg(contents, window, channels=3, ratio=r)
+                for r in DCT_RATIOS]
+    img = tf.switch_case(index, branches)
+    img.set_shape([None, None, 3])
+    translation = tf.cast(start, tf.float32) * scale - tf.cast(tf.stack([top, left]),
+                                                                tf.float32)
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=img[None], size=[IMAGE_SIZE, IMAGE_SIZE],  # uint8 in: no float copy
+        scale=scale, translation=translation, kernel_type="triangle", antialias=True)[0]
+    out.set_shape([IMAGE_SIZE, IMAGE_SIZE, 3])
+    return out
+
+
 def caffe_preprocess(rgb: tf.Tensor) -> tf.Tensor:
     """float RGB 0..255 [..., 3] -> BGR minus the ImageNet means (the weights' input contract)."""
     bgr = tf.reverse(tf.cast(rgb, tf.float32), axis=[-1])
@@ -148,13 +214,23 @@ def caffe_preprocess(rgb: tf.Tensor) -> tf.Tensor:
 
 
 def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
-               max_pixels: int = 0, jpeg_dct_scaling: bool = False) -> tf.Tensor:
+               max_pixels: int = 0, jpeg_dct_scaling: bool = False,
+               fast_decode: bool = False) -> tf.Tensor:
     """Encoded image bytes -> float32 [224, 224, 3] ready for VGG16.
 
     With max_pixels > 0, an image whose header claims more pixels is refused before decoding.
     With jpeg_dct_scaling, large JPEGs are decoded at reduced scale (decode_rgb_scaled).
+    With fast_decode (which includes jpeg_dct_scaling), a JPEG under center_crop is decoded
+    only where the crop keeps it (center_crop_jpeg); other formats and `squash` as without.
     """
     if max_pixels > 0:
         contents = check_pixels(contents, max_pixels)
-    decoded = decode_rgb_scaled(contents) if jpeg_dct_scaling else decode_rgb(contents)
+    if fast_decode and policy == "center_crop" and antialias:
+        min_side = 2 * IMAGE_SIZE if jpeg_dct_scaling else FAST_DCT_MIN_SIDE
+        out = tf.cond(tf.io.is_jpeg(contents), lambda: center_crop_jpeg(contents, min_side),
+                      lambda: resize(decode_rgb(contents), policy, antialias))
+        out.set_shape([IMAGE_SIZE, IMAGE_SIZE, 3])
+        return caffe_preprocess(out)
+    scaled = jpeg_dct_scaling or fast_decode
+    decoded = decode_rgb_scaled(contents) if scaled else decode_rgb(contents)
     return caffe_preprocess(resize(decoded, policy, antialias))

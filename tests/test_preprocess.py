@@ -137,3 +137,94 @@ def test_jpeg_dct_scaling_reaches_the_job_and_its_fingerprint(tmp_path):
     with pytest.raises(OutputError, match="preprocessing.jpeg_dct_scaling: False in the output, "
                                           "True now"):
         run(cfg)
+
+
+def _jpegs_of_many_shapes():
+    """JPEGs landscape, portrait, square, odd-sized, smaller than 224 (upscaled) and large
+    enough for every DCT ratio, made from a demo photo."""
+    photo = tf.io.decode_image(tf.io.read_file(str(DEMO / "chelsea_cat.JPG")), channels=3)
+    for h, w in ((300, 451), (451, 300), (256, 256), (225, 999), (150, 200), (1000, 1500),
+                 (1901, 2533), (3000, 4000)):
+        img = tf.cast(tf.image.resize(photo, [h, w]), tf.uint8)
+        yield (h, w), tf.io.encode_jpeg(img, quality=90)
+
+
+def test_the_crop_window_decode_gives_the_center_crop_of_the_full_decode():
+    """fast_decode's JPEG path decodes only the window the crop keeps and resizes it onto the
+    crop directly: the same pixels as resizing the whole (equally DCT-scaled) image, up to
+    float rounding, for every shape and every DCT ratio."""
+    from estimator_vgg.preprocess import center_crop_jpeg, decode_rgb_scaled
+
+    for (h, w), jpeg in _jpegs_of_many_shapes():
+        exact = resize(decode_rgb(jpeg), "center_crop").numpy()
+        np.testing.assert_allclose(center_crop_jpeg(jpeg, min_side=10 ** 9).numpy(), exact,
+                                   atol=0.02, err_msg=f"{h}x{w}, no DCT scaling")
+        scaled = resize(decode_rgb_scaled(jpeg), "center_crop").numpy()
+        np.testing.assert_allclose(center_crop_jpeg(jpeg, min_side=2 * IMAGE_SIZE).numpy(),
+                                   scaled, atol=0.02, err_msg=f"{h}x{w}, DCT scaling at 448")
+
+
+def test_fast_decode_scales_only_photos_that_keep_four_times_the_crop():
+    from estimator_vgg.preprocess import FAST_DCT_MIN_SIDE
+
+    assert FAST_DCT_MIN_SIDE == 4 * IMAGE_SIZE
+    for (h, w), jpeg in _jpegs_of_many_shapes():
+        fast = preprocess(jpeg, "center_crop", True, 0, False, True).numpy()
+        exact = preprocess(jpeg, "center_crop", True, 0, False, False).numpy()
+        if min(h, w) < 2 * FAST_DCT_MIN_SIDE:  # full scale: only float rounding differs
+            np.testing.assert_allclose(fast, exact, atol=0.02, err_msg=f"{h}x{w}")
+        else:  # 1/2 or less: close, not equal
+            assert 0 < np.abs(fast - exact).mean() < 1.0, (h, w)
+
+
+def test_fast_decode_leaves_other_formats_and_squash_as_they_are():
+    photo = tf.io.decode_image(tf.io.read_file(str(DEMO / "chelsea_cat.JPG")), channels=3)
+    png = tf.io.encode_png(photo)
+    for contents, policy in ((png, "center_crop"), (tf.io.encode_jpeg(photo), "squash")):
+        np.testing.assert_array_equal(preprocess(contents, policy, True, 0, False, True),
+                                      preprocess(contents, policy, True, 0, False, False))
+
+
+def test_the_header_check_reads_every_format_and_refuses_broken_jpeg_headers():
+    from estimator_vgg.preprocess import header_size
+
+    photo = tf.io.decode_image(tf.io.read_file(str(DEMO / "chelsea_cat.JPG")), channels=3)
+    small = tf.image.resize(photo, [37, 53])
+    small = tf.cast(small, tf.uint8)
+    for contents in (tf.io.encode_png(small), tf.io.encode_jpeg(small)):
+        assert header_size(contents).numpy().tolist() == [37, 53]
+    gif, bmp = (DEMO / "retina.gif").read_bytes(), (DEMO / "space" / "rocket_portrait.bmp")
+    want = tf.io.decode_image(gif, channels=3, expand_animations=False).shape[:2]
+    assert header_size(tf.constant(gif)).numpy().tolist() == list(want)
+    want = tf.io.decode_image(bmp.read_bytes(), channels=3).shape[:2]
+    assert header_size(tf.constant(bmp.read_bytes())).numpy().tolist() == list(want)
+    top_down = b"BM" + b"\0" * 16 + (640).to_bytes(4, "little") + (-480 & 0xFFFFFFFF).to_bytes(
+        4, "little")
+    assert header_size(tf.constant(top_down)).numpy().tolist() == [480, 640]
+    assert header_size(tf.constant(b"RIFF1234WEBPVP8 ")).numpy().tolist() == [-1, -1]
+    assert header_size(tf.constant(b"")).numpy().tolist() == [-1, -1]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        header_size(tf.constant(b"\xff\xd8\xff" + b"\x00" * 64))
+
+
+def test_fast_decode_reaches_the_job_and_its_fingerprint(tmp_path):
+    import json
+
+    from conftest import make_config
+    from estimator_vgg.runner import run
+    from estimator_vgg.store import OutputError
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):  # two steps of one image: the second is traced
+        (images / name).write_bytes((DEMO / "chelsea_cat.JPG").read_bytes())
+    cfg = make_config(tmp_path, input={"dir": str(images)}, preprocess={"fast_decode": True},
+                      devices={"batch_size": 1})
+    run(cfg)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["fingerprint"]["preprocessing"]["fast_decode"] is True
+    assert 0 <= manifest["runs"][-1]["input_wait_share"] <= 1
+    exact = make_config(tmp_path, input={"dir": str(images)}, devices={"batch_size": 1})
+    with pytest.raises(OutputError, match="preprocessing.fast_decode: True in the output, "
+                                          "False now"):
+        run(exact)
