@@ -24,7 +24,7 @@ examples:
   estimator-vgg configs/prod.yaml devices.gpus=[0,1] devices.batch_size=32
   estimator-vgg configs/prod.yaml output.dir=/data/fc7 output.format=npy
 
-most used keys (all of them: README, "Config reference"):
+most used keys (all of them: docs/configuration.md):
   input.dir            folder of images, scanned recursively
   output.dir           where features/, errors/ and manifest.json are written
   output.format        parquet (default), npy or csv

@@ -106,10 +106,10 @@ def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, first_index: in
     writer = _PartWriter(Path(stage), cfg.output.format)
     done = embed_parts(cfg, lambda: prepared, writer, parts, blocked, start=start,
                        early_stop=False)  # the driver checks the error fraction, in order
-    first_batch_s = done.first_batch_s
     return {"parts": writer.written, "node": node, "pid": os.getpid(),
-            "seconds": round(time.time() - start, 3), "first_batch_s": round(first_batch_s, 3),
-            "fresh_worker": fresh, "worker_age_s": round(age_s, 3)}
+            "seconds": round(time.time() - start, 3),
+            "first_batch_s": round(done.first_batch_s, 3), "fresh_worker": fresh,
+            "worker_age_s": round(age_s, 3), **done.record}  # done.record: input_wait_share
 
 
 def shard_config(cfg: Config) -> Config:
@@ -255,7 +255,8 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
             finished[part["index"]] = part
         record.append({"parts": [part_name(p["index"]) for p in result["parts"]],
                        **{key: result[key] for key in ("node", "pid", "seconds", "first_batch_s",
-                                                      "fresh_worker", "worker_age_s")}})
+                                                      "fresh_worker", "worker_age_s",
+                                                      "input_wait_share") if key in result}})
         log.info("%s done on %s in %.1f s (%d of %d shards)", what, result["node"],
                  result["seconds"], shards_done, len(shards))
         while next_index in finished:  # list parts in order: the manifest stays a prefix
