@@ -70,11 +70,13 @@ class PreprocessConfig:
                                   "448 or more), skipping most of the decode and resize work "
                                   "for camera-size photos. fc7 changes slightly (see "
                                   "\"Performance\"); recorded in the manifest.", default=False)
-    fast_decode: bool = _doc("Every decode measure that keeps fc7 within cosine 0.9995 of the "
-                             "exact path: `jpeg_dct_scaling`, and under `center_crop` a JPEG "
-                             "is decoded and resized only where the crop keeps it. Off by "
-                             "default (the exact path); recorded in the manifest when on. "
-                             "Speed and fidelity: docs/devices.md.", default=False)
+    fast_decode: bool = _doc("Every decode measure that kept fc7 within cosine 0.9995 of the "
+                             "exact path: under `center_crop` (antialiased) a JPEG is decoded "
+                             "and resized only where the crop keeps it, at 1/2..1/8 scale in "
+                             "the DCT domain while the shorter side stays at least 896. Other "
+                             "formats, `squash` and `antialias: false` take the exact path. "
+                             "Off by default; recorded in the manifest when on. Speed and "
+                             "fidelity: docs/devices.md.", default=False)
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,12 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain, YAML-safe dict of the resolved config (for manifests)."""
-        return {sec: _plain(getattr(self, sec)) for sec in _SECTIONS}
+        from estimator_vgg.downloads import is_url, without_query
+
+        out = {sec: _plain(getattr(self, sec)) for sec in _SECTIONS}
+        if is_url(self.model.weights):  # a presigned URL's signature stays out of the manifest
+            out["model"]["weights"] = without_query(self.model.weights)
+        return out
 
 
 def _plain(obj: Any) -> dict:
@@ -474,8 +481,10 @@ def _validate(cfg: Config) -> None:
                           f"digits, as `sha256sum FILE` prints)")
     if m.weights.startswith(("http://", "https://")):
         from urllib.parse import urlsplit
+
+        from estimator_vgg.downloads import without_query
         if not urlsplit(m.weights).path.lower().endswith((".h5", ".hdf5")):
-            raise ConfigError(f"model.weights: {m.weights} does not name a Keras .h5 file; a "
+            raise ConfigError(f"model.weights: {without_query(m.weights)} does not name a Keras .h5 file; a "
                               f"URL must point at a Keras-layout .h5 (the path ends in .h5)")
     elif m.weights not in NAMED_WEIGHTS:
         w = Path(m.weights)  # made absolute while building

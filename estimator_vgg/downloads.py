@@ -8,7 +8,10 @@ Light at import (TensorFlow, whose Keras downloader this is, is imported by `ens
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import socket
 from pathlib import Path
@@ -19,6 +22,7 @@ IMAGENET_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 IMAGENET_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
                 + IMAGENET_FILE)
 IMAGENET_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
+log = logging.getLogger(__name__)
 TIMEOUT_S = 60  # per socket operation: a stalled server fails the download, never hangs it
 
 
@@ -38,9 +42,11 @@ def imagenet_path() -> Path:
 
 
 def url_path(url: str, cache_dir: Path) -> Path:
-    """Where weights from `url` are cached: under model.cache_dir, one file per URL."""
+    """Where weights from `url` are cached: under model.cache_dir, one file per URL without
+    its query string (a presigned URL's signature changes; the file does not)."""
+    bare = urlsplit(url)._replace(query="", fragment="").geturl()
     name = os.path.basename(urlsplit(url).path) or "weights.h5"
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    key = hashlib.sha256(bare.encode()).hexdigest()[:16]
     return Path(cache_dir).expanduser() / "downloads" / f"{key}-{name}"
 
 
@@ -66,14 +72,24 @@ def ensure(url: str, dest: Path, digest: Optional[str] = None,
     import tensorflow as tf
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(dest.parent, os.W_OK):  # Keras would quietly download elsewhere
+        raise OSError(f"{dest.parent} is not writable")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(TIMEOUT_S)
+    log.info("downloading %s into %s", without_query(url), dest)
     try:
-        got = tf.keras.utils.get_file(tmp.name, url, cache_dir=str(dest.parent),
-                                      cache_subdir=".", file_hash=digest,
-                                      hash_algorithm=algorithm if digest else "auto")
+        # Keras prints the URL it fetches, signature and all: its chatter is dropped
+        with contextlib.redirect_stdout(io.StringIO()):
+            got = tf.keras.utils.get_file(tmp.name, url, cache_dir=str(dest.parent),
+                                          cache_subdir=".", file_hash=digest,
+                                          hash_algorithm=algorithm if digest else "auto")
+        if Path(got).resolve() != tmp.resolve():
+            raise OSError(f"the download landed in {got}, not {tmp}")
         os.replace(got, dest)
+    except Exception as e:
+        message = str(e).replace(url, without_query(url))  # no signature in any message
+        raise (ValueError if isinstance(e, ValueError) else OSError)(message) from None
     finally:
         socket.setdefaulttimeout(old)
         tmp.unlink(missing_ok=True)  # Keras keeps a file whose hash did not match

@@ -220,8 +220,9 @@ def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
 
     With max_pixels > 0, an image whose header claims more pixels is refused before decoding.
     With jpeg_dct_scaling, large JPEGs are decoded at reduced scale (decode_rgb_scaled).
-    With fast_decode (which includes jpeg_dct_scaling), a JPEG under center_crop is decoded
-    only where the crop keeps it (center_crop_jpeg); other formats and `squash` as without.
+    With fast_decode, a JPEG under center_crop (antialiased) is decoded only where the crop
+    keeps it, DCT-scaled to 896 (center_crop_jpeg); other formats, `squash` and
+    `antialias: false` take the exact path.
     """
     if max_pixels > 0:
         contents = check_pixels(contents, max_pixels)
@@ -231,6 +232,7 @@ def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
                       lambda: resize(decode_rgb(contents), policy, antialias))
         out.set_shape([IMAGE_SIZE, IMAGE_SIZE, 3])
         return caffe_preprocess(out)
-    scaled = jpeg_dct_scaling or fast_decode
-    decoded = decode_rgb_scaled(contents) if scaled else decode_rgb(contents)
+    # fast_decode outside center_crop with antialias is the exact path: its DCT scaling is the
+    # crop path's (to 896); decode_rgb_scaled's 448 is jpeg_dct_scaling's alone (cosine 0.9979)
+    decoded = decode_rgb_scaled(contents) if jpeg_dct_scaling else decode_rgb(contents)
     return caffe_preprocess(resize(decoded, policy, antialias))

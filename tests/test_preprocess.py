@@ -177,12 +177,15 @@ def test_fast_decode_scales_only_photos_that_keep_four_times_the_crop():
             assert 0 < np.abs(fast - exact).mean() < 1.0, (h, w)
 
 
-def test_fast_decode_leaves_other_formats_and_squash_as_they_are():
+def test_fast_decode_leaves_other_formats_squash_and_plain_bilinear_exact():
     photo = tf.io.decode_image(tf.io.read_file(str(DEMO / "chelsea_cat.JPG")), channels=3)
-    png = tf.io.encode_png(photo)
-    for contents, policy in ((png, "center_crop"), (tf.io.encode_jpeg(photo), "squash")):
-        np.testing.assert_array_equal(preprocess(contents, policy, True, 0, False, True),
-                                      preprocess(contents, policy, True, 0, False, False))
+    big = tf.cast(tf.image.resize(photo, [2000, 3000]), tf.uint8)  # large enough for DCT
+    png, jpeg = tf.io.encode_png(big), tf.io.encode_jpeg(big, quality=90)
+    for contents, policy, antialias in ((png, "center_crop", True), (jpeg, "squash", True),
+                                        (jpeg, "center_crop", False)):
+        np.testing.assert_array_equal(
+            preprocess(contents, policy, antialias, 0, False, True),
+            preprocess(contents, policy, antialias, 0, False, False), err_msg=policy)
 
 
 def test_the_header_check_reads_every_format_and_refuses_broken_jpeg_headers():

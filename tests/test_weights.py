@@ -114,22 +114,39 @@ def test_imagenet_is_downloaded_once_by_the_real_downloader_md5_checked(
     assert again.sha256 == prepared.sha256 == hashlib.sha256(published_bytes).hexdigest()
 
 
-def test_weights_from_a_url_are_cached_once_and_their_sha256_checked(published_bytes, tmp_path):
+def test_weights_from_a_url_are_cached_once_and_their_sha256_checked(published_bytes, tmp_path,
+                                                                     capfd, caplog):
     import hashlib
+    import json
+    import logging
 
+    from conftest import make_config
     from estimator_vgg import downloads
+    from estimator_vgg.runner import run
     from http_files import serve
 
     sha = hashlib.sha256(published_bytes).hexdigest()
     with serve({"/mirror/vgg16.h5": published_bytes}) as srv:
         url = srv.url("/mirror/vgg16.h5") + "?X-Signature=secret"
         cfg = ModelConfig(weights=url, weights_sha256=sha, cache_dir=tmp_path / "cache")
-        first = weights.prepare(cfg)
-        second = weights.prepare(cfg)
+        with caplog.at_level(logging.INFO, logger="estimator_vgg"):
+            first = weights.prepare(cfg)
+        # a new presigned URL for the same file: the cache still serves it
+        resigned = ModelConfig(weights=url.replace("secret", "other"), weights_sha256=sha,
+                               cache_dir=tmp_path / "cache")
+        second = weights.prepare(resigned)
         assert srv.hits["/mirror/vgg16.h5"] == 1
+        job = make_config(tmp_path, model={"weights": url, "weights_sha256": sha,
+                                           "cache_dir": str(tmp_path / "cache")},
+                          devices={"cpus": 1, "batch_size": 4})
+        run(job)
     assert downloads.url_path(url, tmp_path / "cache").read_bytes() == published_bytes
     assert first.model_dir == second.model_dir and first.sha256 == sha
-    assert "secret" not in first.source  # the signature never reaches the manifest
+    manifest = (tmp_path / "out" / "manifest.json").read_text()
+    assert "vgg16.h5" in manifest and json.loads(manifest)["fingerprint"]["weights_sha256"] == sha
+    printed = capfd.readouterr()
+    said = manifest + printed.out + printed.err + caplog.text
+    assert "secret" not in said and "secret" not in first.source  # no signature anywhere
 
 
 def test_a_download_with_the_wrong_sha256_is_refused_and_nothing_is_cached(published_bytes,
@@ -150,9 +167,10 @@ def test_a_url_that_answers_404_says_so_and_caches_nothing(tmp_path):
     from http_files import serve
 
     with serve({}) as srv:
-        cfg = ModelConfig(weights=srv.url("/gone.h5"), cache_dir=tmp_path / "cache")
-        with pytest.raises(WeightsError, match="could not get .*gone.h5.*404"):
-            weights.locate(cfg)
+        with pytest.raises(WeightsError, match="could not get .*gone.h5.*404") as err:
+            weights.locate(ModelConfig(weights=srv.url("/gone.h5?sig=abc"),
+                                       cache_dir=tmp_path / "cache"))
+        assert "sig=abc" not in str(err.value)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
 
