@@ -14,7 +14,8 @@ from typing import List, Optional
 
 RUN_EPILOG = """\
 commands:
-  estimator-vgg CONFIG.yaml ...        embed every image under input.dir (this command)
+  estimator-vgg CONFIG.yaml ...        embed every image of input.dir or input.list (this
+                                       command)
   estimator-vgg neighbors OUTPUT ...   similar images and near-duplicates in an output
                                        (estimator-vgg neighbors --help)
 
@@ -25,7 +26,9 @@ examples:
   estimator-vgg configs/prod.yaml output.dir=/data/fc7 output.format=npy
 
 most used keys (all of them: docs/configuration.md):
-  input.dir            folder of images, scanned recursively
+  input.dir            folder of images, scanned recursively, or an s3:// or gs:// prefix
+  input.list           a .csv/.tsv/.parquet/.jsonl/.txt naming the images (paths or URIs)
+  input.expand_tars    read .tar shards' images without extracting them (docs/inputs.md)
   output.dir           where features/, errors/ and manifest.json are written
   output.format        parquet (default), npy or csv
   model.weights        imagenet, a Keras .h5, a tensorflow-vgg .npy, or synthetic
@@ -101,8 +104,16 @@ def run_main(argv: List[str]) -> int:
         print(f"estimator-vgg: config error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
+        from estimator_vgg.listing import ListingError
         from estimator_vgg.plan import dry_run
-        print(dry_run(cfg))
+        try:
+            print(dry_run(cfg))
+        except ConfigError as e:  # an unusable input.list
+            print(f"estimator-vgg: config error: {e}", file=sys.stderr)
+            return 2
+        except ListingError as e:
+            print(f"estimator-vgg: error: {e}", file=sys.stderr)
+            return 1
         return 0
 
     _quiet_tensorflow(args.verbose)
@@ -119,6 +130,9 @@ def run_main(argv: List[str]) -> int:
     try:
         with logging_redirect_tqdm():
             summary = run(cfg, progress=for_stream(sys.stderr))
+    except ConfigError as e:  # found while reading the input: an unusable list, a missing extra
+        print(f"estimator-vgg: config error: {e}", file=sys.stderr)
+        return 2
     except (JobError, DeviceError, WeightsError, OutputError, ListingError, OSError,
             tf.errors.OpError) as e:  # OSError, OpError: a full disk, a lost mount, a device map
         if args.verbose:
@@ -129,7 +143,9 @@ def run_main(argv: List[str]) -> int:
         print(f"estimator-vgg: error: {getattr(e, 'message', None) or e}{hint}", file=sys.stderr)
         return 1
     print(summary_text(summary, cfg.output.format))
-    if summary.error_count / summary.files > cfg.input.max_error_fraction:
+    counted = summary.error_count - summary.errors.get("duplicate_entry", 0)
+    if counted / max(1, summary.files - summary.errors.get("duplicate_entry", 0)) > \
+            cfg.input.max_error_fraction:
         print(f"estimator-vgg: more than input.max_error_fraction="
               f"{cfg.input.max_error_fraction} of the files failed", file=sys.stderr)
         return 1

@@ -27,7 +27,9 @@ from estimator_vgg.devices import renumbered_for_task
 from estimator_vgg.faults import forwarded_env
 from estimator_vgg.listing import display_path
 from estimator_vgg.manifest import part_name
-from estimator_vgg.parts import Done, JobError, check_error_fraction
+from estimator_vgg.parts import Done, JobError, check_error_fraction, counted
+from estimator_vgg.remote import redact
+from estimator_vgg.sources import DUPLICATE
 from estimator_vgg.store import STAGING_MARK, write_part
 
 log = logging.getLogger(__name__)
@@ -63,11 +65,12 @@ def _process_age() -> float:
         return -1.0
 
 
-def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, first_index: int,
-                files: List[List[str]], blocked: Dict[str, tuple]) -> dict:
-    """One shard, in a Ray worker: embed `files` (one list per part) into parts
-    `first_index`, `first_index + 1`, ..., written into the driver's staging folder `stage`
-    (Store.stage_dir), which the driver moves into output.dir when it lists them.
+def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, shard: list,
+                blocked: Dict[str, tuple]) -> dict:
+    """One shard, in a Ray worker: embed the entries of `shard` (parts.Part, as the driver
+    cut them: indices, paths, where the bytes are, preset rows) into those parts, written
+    into the driver's staging folder `stage` (Store.stage_dir), which the driver moves into
+    output.dir when it lists them.
 
     Returns what the driver records: per part its row count and error rows; where it ran.
     """
@@ -92,8 +95,9 @@ def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, first_index: in
         shared = mark.read_text() == run_id
     except OSError:
         shared = False
+    local_dir = cfg.input.dir is not None and not isinstance(cfg.input.dir, str)
     for what, ok, path in (
-            ("input.dir", cfg.input.dir.is_dir(), cfg.input.dir),
+            ("input.dir", not local_dir or cfg.input.dir.is_dir(), cfg.input.dir),
             ("output.dir", shared, mark),
             ("model.cache_dir", Path(prepared.checkpoint + ".index").is_file(),
              prepared.checkpoint)):
@@ -102,7 +106,7 @@ def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, first_index: in
                            f"which the driver made. On a Ray cluster, input.dir, output.dir and "
                            f"model.cache_dir must be on storage every node mounts at the same "
                            f"path")
-    parts = [Part(first_index + k, list(f)) for k, f in enumerate(files)]
+    parts = [Part(p.index, list(p.files), p.where, dict(p.preset)) for p in shard]
     writer = _PartWriter(Path(stage), cfg.output.format)
     done = embed_parts(cfg, lambda: prepared, writer, parts, blocked, start=start,
                        early_stop=False)  # the driver checks the error fraction, in order
@@ -219,9 +223,8 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
     k = cfg.run.ray.parts_per_shard
     shards = [parts[i:i + k] for i in range(0, len(parts), k)]
     for shard in shards:
-        files = [p.files for p in shard]
         mine = {f: blocked[f] for p in shard for f in p.files if f in blocked}
-        pending[task.remote(shard_cfg, prep, stage, run_id, shard[0].index, files, mine)] = shard
+        pending[task.remote(shard_cfg, prep, stage, run_id, shard, mine)] = shard
     log.info("ray: %d shards of up to %d parts of %d images, on %d node(s), each asking for %g "
              "CPUs and %g GPUs", len(shards), k, cfg.output.rows_per_part, len(nodes),
              resources["num_cpus"], resources["num_gpus"])
@@ -264,13 +267,14 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
             store.adopt_staged(stage, r["index"])
             store.record(r["index"], r["features"], len(r["errors"]))
             for rel, reason, message in r["errors"]:
-                log.warning("%s: %s (%s)", display_path(rel), reason, message)
+                log.log(logging.INFO if reason == DUPLICATE else logging.WARNING,
+                        "%s: %s (%s)", redact(display_path(rel)), reason, message)
             features += r["features"]
             errors += [tuple(e) for e in r["errors"]]
             listed += r["features"] + len(r["errors"])
             next_index += 1
-            check_error_fraction(cfg, seen_before + listed, errors_before + len(errors),
-                                 errors, final=False)
+            check_error_fraction(cfg, seen_before + listed - (len(errors) - counted(errors)),
+                                 errors_before + counted(errors), errors, final=False)
         progress.update(files_finished, len(errors), shards=f"{shards_done}/{len(shards)}")
     shutil.rmtree(stage.parent, ignore_errors=True)  # every part moved out: only the marker
     return Done(features, errors, first_shard_s,

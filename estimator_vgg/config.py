@@ -27,6 +27,7 @@ EXECUTORS = ("local", "ray")
 # tif, tiff and webp are listed so that such files show up as `unsupported_format` errors
 # instead of being skipped unseen.
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp")
+FALLBACK_DECODERS = ("pillow", "none")
 
 
 class ConfigError(ValueError):
@@ -39,9 +40,43 @@ def _doc(text: str, **kw: Any) -> Any:
 
 @dataclass(frozen=True)
 class InputConfig:
-    dir: Path = _doc("Folder of images, scanned recursively. Relative paths in a config file are "
+    dir: Path = _doc("Folder of images, scanned recursively, or an `s3://` or `gs://` prefix, listed "
+                     "recursively (needs the `remote` extra). Relative paths in a config file are "
                      "resolved against the file's folder, on the command line against the current "
-                     "folder. Required.", default=None)
+                     "folder. Required, unless `input.list` names the images; with a list, the "
+                     "folder or prefix its relative entries are under.", default=None)
+    list: Optional[Path] = _doc("A file naming the images, one entry a row: `.csv`, `.tsv`, "
+                                "`.parquet`, `.jsonl` (one object a line) or `.txt` (one entry a "
+                                "line; blank lines skipped). An entry is a path relative to "
+                                "`input.dir`, an absolute path or a URI (`s3://`, `gs://`, "
+                                "`http(s)://`). Rows follow the list; every line yields one row "
+                                "(a repeat: `duplicate_entry`). A local path or a URI.",
+                                default=None)
+    path_column: str = _doc("The column of `input.list` that holds the entries (`.csv`, "
+                            "`.tsv`, `.parquet`, `.jsonl`).", default="path")
+    storage_options: Optional[dict] = _doc("Passed to the fsspec filesystem of remote entries "
+                                           "(`endpoint_url`, `anon`, ...). Credentials come "
+                                           "from each library's usual environment and files; "
+                                           "the values are redacted in the manifest.",
+                                           default=None)
+    read_concurrency: int = _doc("Remote reads (and tar members, Pillow decodes) in flight "
+                                 "ahead of decoding.", default=32)
+    retries: int = _doc("Retries of a remote read that failed transiently (5xx, connection "
+                        "reset, timeout), with exponential backoff; then `read_error`.",
+                        default=3)
+    request_timeout_s: float = _doc("Seconds a remote request may take before it is abandoned "
+                                    "(and retried).", default=60.0)
+    expand_tars: bool = _doc("Read every `.tar` under `input.dir` or named in `input.list` as "
+                             "a stream of images (never extracted to disk): one row per image "
+                             "member, `path` = `<tar>/<member>`; a damaged tar keeps the members "
+                             "read before the damage and adds the row `<tar>/` (`bad_archive`).",
+                             default=False)
+    fallback_decoder: str = _doc("`pillow`: decode with Pillow what TensorFlow cannot (TIFF's "
+                                 "first page, WebP, JPEG 2000, ICO, ...), under the same pixel "
+                                 "limit and resize; `none`: such files are `unsupported_format`. "
+                                 "JPEG, PNG, GIF and BMP always go through TensorFlow. Recorded "
+                                 "in the manifest (outputs made before it read as `none`).",
+                                 default="pillow")
     extensions: Tuple[str, ...] = _doc("File extensions that count as images (case-insensitive, "
                                        "without the dot).", default=DEFAULT_EXTENSIONS)
     decode_threads: int = _doc("Images decoded and resized in parallel by tf.data.", default=2)
@@ -77,6 +112,9 @@ class PreprocessConfig:
                              "formats, `squash` and `antialias: false` take the exact path. "
                              "Off by default; recorded in the manifest when on. Speed and "
                              "fidelity: docs/devices.md.", default=False)
+    exif_orientation: bool = _doc("Turn a JPEG upright by its EXIF orientation before the "
+                                  "resize. Off by default, as Keras' `load_img`; recorded in "
+                                  "the manifest when on.", default=False)
 
 
 @dataclass(frozen=True)
@@ -182,6 +220,12 @@ class Config:
         out = {sec: _plain(getattr(self, sec)) for sec in _SECTIONS}
         if is_url(self.model.weights):  # a presigned URL's signature stays out of the manifest
             out["model"]["weights"] = without_query(self.model.weights)
+        for key in ("dir", "list"):
+            if is_uri(out["input"][key]):
+                out["input"][key] = without_query(out["input"][key])
+        if out["input"]["storage_options"]:  # credentials may be in there: keys only
+            out["input"]["storage_options"] = {k: "<redacted>" for k in
+                                               out["input"]["storage_options"]}
         return out
 
 
@@ -249,7 +293,7 @@ def _type_name(tp: Any) -> str:
     if origin in (tuple, Tuple):
         return "list of " + _type_name(typing.get_args(tp)[0])
     return {Path: "path", str: "string", int: "integer", bool: "boolean",
-            float: "number"}.get(tp, str(tp))
+            float: "number", dict: "mapping"}.get(tp, str(tp))
 
 
 def _coerce(key: str, tp: Any, value: Any) -> Any:
@@ -278,6 +322,10 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of options, got {value!r}")
+        return dict(value)
     if tp in (str, Path):
         if isinstance(value, (datetime.date, datetime.datetime)):
             return str(value)  # a folder named 2024-05-01, read by YAML as a date
@@ -404,6 +452,15 @@ def _ray_address(v: Optional[str], base: Path) -> Optional[str]:
     return v.strip()
 
 
+# Keys that take a local path or a URI (scheme://...); a URI is kept as text, not a Path.
+URI_KEYS = ("input.dir", "input.list")
+
+
+def is_uri(v) -> bool:
+    """Whether `v` names a URI (`s3://b/k`, `https://h/p`) rather than a local path."""
+    return isinstance(v, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", v) is not None
+
+
 # Values put in their canonical form while the sections are built (defaults included), so
 # the frozen Config is never rewritten afterwards. Path keys are resolved by their type.
 _NORMALISE = {
@@ -433,7 +490,9 @@ def _build_section(cls: Any, name: str, tree: dict, bases: dict) -> Any:
         else:
             if f.name in tree:
                 v = _coerce(key, hints[f.name], tree[f.name])
-                if hints[f.name] is Path and v is not None:
+                if key in URI_KEYS and v is not None and is_uri(v):
+                    pass  # a URI stays the text it is
+                elif (_optional_of(hints[f.name]) or hints[f.name]) is Path and v is not None:
                     v = _resolve(v, bases[key])
             else:
                 v = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
@@ -445,11 +504,47 @@ def _build_section(cls: Any, name: str, tree: dict, bases: dict) -> Any:
 
 def _validate(cfg: Config) -> None:
     i, p, m, d, o = cfg.input, cfg.preprocess, cfg.model, cfg.devices, cfg.output
-    if i.dir is None:
-        raise ConfigError("input.dir is required: the folder of images to embed")
-    if not i.dir.is_dir():
+    if i.dir is None and i.list is None:
+        raise ConfigError("input.dir is required: the folder of images to embed (or name "
+                          "them in input.list)")
+    for key, v in (("input.dir", i.dir), ("input.list", i.list)):
+        if is_uri(v):
+            from estimator_vgg.remote import check_scheme
+            check_scheme(key, v)  # the remote extra installed and the scheme handled
+    if i.dir is not None and not is_uri(i.dir) and not i.dir.is_dir():
         raise ConfigError(f"input.dir: folder {i.dir} does not exist"
                           + (" (it is a file)" if i.dir.exists() else ""))
+    if is_uri(i.dir) and i.dir.split("://", 1)[0].lower() not in ("s3", "gs"):
+        raise ConfigError(f"input.dir: {i.dir} is a URI but not an s3:// or gs:// prefix; a "
+                          f"folder of images over http(s) cannot be listed: name them in "
+                          f"input.list")
+    if i.list is not None and not is_uri(i.list):
+        if not i.list.is_file():
+            raise ConfigError(f"input.list: file {i.list} does not exist"
+                              + (" (it is a folder)" if i.list.exists() else ""))
+    if i.list is not None:
+        from estimator_vgg.sources import LIST_FORMATS
+        suffix = os.path.splitext(str(i.list).split("?", 1)[0])[1].lower()
+        if suffix not in LIST_FORMATS:
+            raise ConfigError(f"input.list: {i.list} is not a list this job reads; name a "
+                              f"{', '.join(LIST_FORMATS)} file")
+    if i.fallback_decoder not in FALLBACK_DECODERS:
+        raise ConfigError(f"input.fallback_decoder: {i.fallback_decoder!r} is not a decoder; "
+                          f"choose one of {', '.join(FALLBACK_DECODERS)}")
+    if i.fallback_decoder == "pillow":
+        try:
+            import PIL  # noqa: F401  (a base dependency; a broken install says so here)
+        except ImportError:
+            raise ConfigError("input.fallback_decoder: pillow, but Pillow is not installed; "
+                              "reinstall estimator-vgg (Pillow is a dependency) or set "
+                              "input.fallback_decoder: none") from None
+    if not i.path_column:
+        raise ConfigError("input.path_column is empty: name the list's column of entries")
+    if i.retries < 0:
+        raise ConfigError(f"input.retries: must be 0 or more, got {i.retries}")
+    if i.request_timeout_s <= 0:
+        raise ConfigError(f"input.request_timeout_s: must be more than 0, got "
+                          f"{i.request_timeout_s}")
     if not 0.0 <= i.max_error_fraction <= 1.0:
         raise ConfigError(f"input.max_error_fraction: must be between 0 and 1, got "
                           f"{i.max_error_fraction}")
@@ -458,6 +553,7 @@ def _validate(cfg: Config) -> None:
     if not i.extensions:
         raise ConfigError("input.extensions is empty: name at least one extension, like jpg")
     for key, v in (("input.decode_threads", i.decode_threads),
+                   ("input.read_concurrency", i.read_concurrency),
                    ("input.prefetch_batches", i.prefetch_batches),
                    ("devices.batch_size", d.batch_size), ("output.rows_per_part", o.rows_per_part)):
         if v < 1:
@@ -540,7 +636,8 @@ def reference_markdown() -> str:
                 shown = str(default).lower()
             else:
                 shown = str(default)
-            rows.append(f"| `{key}` | {_type_name(tp)} | `{shown}` | {f.metadata['doc']} |")
+            kind = _type_name(tp).replace("path", "path or URI") if key in URI_KEYS else _type_name(tp)
+            rows.append(f"| `{key}` | {kind} | `{shown}` | {f.metadata['doc']} |")
     return "\n".join(rows) + "\n"
 
 

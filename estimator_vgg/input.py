@@ -17,7 +17,8 @@ IN_FLIGHT_PER_THREAD = 4  # images in flight per decode thread (benchmarks/decod
 
 
 def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = None,
-             part_sizes: Optional[Sequence[int]] = None, skip_bad: bool = False
+             part_sizes: Optional[Sequence[int]] = None, skip_bad: bool = False,
+             files: Optional[Sequence[str]] = None, reader=None
              ) -> Callable[[], tf.data.Dataset]:
     """The input_fn for `Estimator.predict` over `paths` (relative to `root`, default input.dir).
 
@@ -31,6 +32,9 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     skip_bad: drop images that fail to read, to pass the pixel limit or to decode, instead of
     raising. The caller must account for the missing paths (the runner records each one in
     the errors table); a notebook user wants the error, hence the default.
+    files: the local file of each path (default: joined to `root`).
+    reader: a reader.Reader over exactly these paths: their bytes come from its Python stage
+    (remote objects, tar members, Pillow, EXIF) instead of TensorFlow reading local files.
     """
     if not paths:
         raise ValueError("input_fn: the list of paths is empty")
@@ -38,7 +42,8 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     sizes = list(part_sizes) if part_sizes is not None else [len(paths)]
     if sum(sizes) != len(paths) or min(sizes) < 0:
         raise ValueError(f"input_fn: part_sizes {sizes[:5]}... do not add up to {len(paths)}")
-    files = [os.fsencode(os.path.join(root, p)) for p in paths]
+    files = [os.fsencode(f) for f in (files if files is not None else
+                                      (os.path.join(root, p) for p in paths))]
     keys = [p.encode("utf-8", "surrogateescape") for p in paths]
     starts = [0, *itertools.accumulate(sizes)][:-1]
     batch = cfg.devices.batch_size * cfg.towers
@@ -47,21 +52,37 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     dct, fast = cfg.preprocess.jpeg_dct_scaling, cfg.preprocess.fast_decode
     threads, prefetch = i.decode_threads, i.prefetch_batches
 
+    exif = cfg.preprocess.exif_orientation
+
     def load(file, key):
         image = preprocess(tf.io.read_file(file), policy, antialias, max_pixels, dct, fast)
         return {"image": image, "path": key}
+
+    def load_bytes(key, contents, orientation):
+        image = preprocess(contents, policy, antialias, max_pixels, dct, fast,
+                           orientation if exif else None)
+        return {"image": image, "path": key}
+
+    read = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
+            tf.TensorSpec([], tf.int32))
 
     def make() -> tf.data.Dataset:
         all_files = tf.constant(files)
         all_keys = tf.constant(keys)
 
         def part(start, size):
-            ds = tf.data.Dataset.from_tensor_slices((all_files[start:start + size],
-                                                     all_keys[start:start + size]))
+            if reader is not None:  # the parts pull from one stream, in order
+                ds = tf.data.Dataset.from_generator(lambda n: reader.take(int(n)), args=(size,),
+                                                    output_signature=read)
+                fn = load_bytes
+            else:
+                ds = tf.data.Dataset.from_tensor_slices((all_files[start:start + size],
+                                                         all_keys[start:start + size]))
+                fn = load
             # More images in flight than threads: in listing order, a slow image (a camera
             # photo) would otherwise hold back the thread that finished the next one, and
             # with ignore_errors between map and batch tf.data cannot fuse them to hide that.
-            ds = ds.map(load, num_parallel_calls=IN_FLIGHT_PER_THREAD * threads,
+            ds = ds.map(fn, num_parallel_calls=IN_FLIGHT_PER_THREAD * threads,
                         deterministic=True)
             if skip_bad:
                 ds = ds.ignore_errors()

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from estimator_vgg import recipe
 
+LIST_COPY = "input-list.parquet"  # the entries of the input.list an output was made from
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 FEATURES = "features"   # <output.dir>/features/part-00000.parquet ...
@@ -55,19 +56,31 @@ class Preprocessing:
     mean_bgr: Optional[List[float]]
     jpeg_dct_scaling: bool = False   # absent from the JSON when off (outputs made before it)
     fast_decode: bool = False        # likewise
+    exif_orientation: bool = False   # likewise
+    fallback_decoder: str = "none"   # absent when none: outputs made before Pillow decoded
 
     def to_dict(self) -> dict:
         d = {"recipe": self.recipe, "resize": self.resize, "antialias": self.antialias,
              "image_size": self.image_size, "mean_bgr": self.mean_bgr}
-        for flag in OFF_WHEN_ABSENT:
-            if getattr(self, flag):
-                d[flag] = True
+        for flag, off in OFF_WHEN_ABSENT.items():
+            if getattr(self, flag) != off:
+                d[flag] = getattr(self, flag)
         return d
 
 
-# Options recorded in the fingerprint only when on, so outputs made before they existed keep
-# their fingerprint; absent reads as off.
-OFF_WHEN_ABSENT = ("jpeg_dct_scaling", "fast_decode")
+# Options recorded in the fingerprint only when not at their "off" value, so outputs made
+# before they existed keep their fingerprint; absent reads as off.
+OFF_WHEN_ABSENT = {"jpeg_dct_scaling": False, "fast_decode": False, "exif_orientation": False,
+                   "fallback_decoder": "none"}
+# The config key (and how to write its value) that sets each fingerprint key, for the
+# message that says how to resume an output made with other settings.
+CONFIG_KEY = {"preprocessing.resize": "preprocess.resize",
+              "preprocessing.antialias": "preprocess.antialias",
+              "preprocessing.jpeg_dct_scaling": "preprocess.jpeg_dct_scaling",
+              "preprocessing.fast_decode": "preprocess.fast_decode",
+              "preprocessing.exif_orientation": "preprocess.exif_orientation",
+              "preprocessing.fallback_decoder": "input.fallback_decoder",
+              "precision": "model.precision", "output_format": "output.format"}
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,8 @@ class Fingerprint:
                    weights_sha256=located.sha256, synthetic_weights=located.synthetic,
                    preprocessing=Preprocessing(recipe.PREPROCESS_RECIPE, p.resize, p.antialias,
                                                recipe.IMAGE_SIZE, list(recipe.CAFFE_BGR_MEAN),
-                                               p.jpeg_dct_scaling, p.fast_decode),
+                                               p.jpeg_dct_scaling, p.fast_decode,
+                                               p.exif_orientation, cfg.input.fallback_decoder),
                    output_format=cfg.output.format, input_dir=str(cfg.input.dir))
 
     @classmethod
@@ -104,8 +118,8 @@ class Fingerprint:
         pre = dict(d.pop("preprocessing", None) or {})
         known = {f.name for f in dataclasses.fields(Preprocessing)}
         pre_extra = {k: pre.pop(k) for k in list(pre) if k not in known}
-        for flag in OFF_WHEN_ABSENT:
-            pre[flag] = bool(pre.get(flag, False))
+        for flag, off in OFF_WHEN_ABSENT.items():
+            pre[flag] = type(off)(pre.get(flag, off))
         preprocessing = Preprocessing(**{k: pre.get(k) for k in known})
         names = [f.name for f in dataclasses.fields(cls) if f.name not in ("preprocessing",
                                                                            "extra")]
@@ -143,6 +157,17 @@ class Fingerprint:
         a, b = self._flat(), now._flat()
         return [f"{k}: {a.get(k)!r} in the output, {b.get(k)!r} now"
                 for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+    def resume_overrides(self, now: "Fingerprint") -> List[str]:
+        """`key=value` overrides that would make `now` match this output, where the
+        difference is a setting (not the weights or the folder)."""
+        a, b = self._flat(), now._flat()
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k) and k in CONFIG_KEY:
+                v = a.get(k)
+                out.append(f"{CONFIG_KEY[k]}={str(v).lower() if isinstance(v, bool) else v}")
+        return out
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Fingerprint) and not self.differences(other)

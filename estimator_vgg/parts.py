@@ -12,9 +12,10 @@ staging folder. Neither executor reaches into the other.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,6 +26,8 @@ from estimator_vgg.estimator import build_estimator
 from estimator_vgg.faults import fault
 from estimator_vgg.input import input_fn
 from estimator_vgg.listing import display_path
+from estimator_vgg.remote import redact
+from estimator_vgg.sources import DUPLICATE, Where, python_needed
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,20 @@ class JobError(RuntimeError):
 
 @dataclass
 class Part:
-    """One output part being filled: its listed files, and the rows accounted for so far."""
+    """One output part being filled: its listed entries, and the rows accounted for so far."""
     index: int
-    files: List[str]                       # every listed file of the part, in order
-    pos: int = 0                           # files accounted for so far
+    files: List[str]                       # the output path of every entry, in order
+    where: Optional[List[Optional[Where]]] = None  # where each entry's bytes are (default:
+    # the file under input.dir); None for an entry whose row is preset
+    preset: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # position: (reason, msg)
+    pos: int = 0                           # entries accounted for so far
     paths: List[str] = field(default_factory=list)
     fc7: List[np.ndarray] = field(default_factory=list)
     errors: List[ErrorRow] = field(default_factory=list)
+
+    def fed(self, blocked: Dict[str, tuple]) -> List[int]:
+        """Positions of the entries to read (not preset, not blocked)."""
+        return [k for k, f in enumerate(self.files) if k not in self.preset and f not in blocked]
 
 
 @dataclass
@@ -56,10 +66,21 @@ class Done:
     record: dict = field(default_factory=dict)  # extra fields for the manifest's run record
 
 
-def cut_parts(todo: Sequence[str], first_index: int, size: int) -> List[Part]:
-    """The files to do, cut into parts of `size` numbered from `first_index`."""
-    return [Part(first_index + k, list(todo[i:i + size]))
+def cut_parts(todo: Sequence[str], first_index: int, size: int,
+              where: Optional[Sequence[Optional[Where]]] = None,
+              preset: Optional[Dict[int, Tuple[str, str]]] = None) -> List[Part]:
+    """The entries to do, cut into parts of `size` numbered from `first_index`; where and
+    preset (by index into `todo`) are cut with them."""
+    preset = preset or {}
+    return [Part(first_index + k, list(todo[i:i + size]),
+                 list(where[i:i + size]) if where is not None else None,
+                 {n - i: preset[n] for n in range(i, min(i + size, len(todo))) if n in preset})
             for k, i in enumerate(range(0, len(todo), size))]
+
+
+def counted(errors: Sequence[ErrorRow]) -> int:
+    """Error rows that count toward input.max_error_fraction (a repeated list entry does not)."""
+    return sum(1 for _, reason, _ in errors if reason != DUPLICATE)
 
 
 def check_error_fraction(cfg: Config, seen: int, errors: int, run_errors: List[ErrorRow],
@@ -78,10 +99,13 @@ class Accountant:
     """Walks the expected listing as rows arrive; gaps become error rows; full parts commit."""
 
     def __init__(self, cfg: Config, store, parts: List[Part], blocked: Dict[str, tuple],
-                 seen_before: int, errors_before: int, early_stop: bool = True):
+                 seen_before: int, errors_before: int, early_stop: bool = True,
+                 read_errors: Optional[Dict[str, Tuple[str, str]]] = None):
         """store: anything with commit(index, paths, fc7, errors) (a Store, or a Ray shard's
-        part writer); early_stop: check input.max_error_fraction after each part."""
+        part writer); early_stop: check input.max_error_fraction after each part;
+        read_errors: what the Python stage (reader.py) could not read, by path."""
         self.cfg, self.store, self.parts, self.blocked = cfg, store, parts, blocked
+        self.read_errors = read_errors if read_errors is not None else {}
         self.early_stop = early_stop
         self.current = 0
         self.features = 0
@@ -93,15 +117,33 @@ class Accountant:
     def accounted(self) -> int:
         return self.features + len(self.errors)
 
+    def _classify(self, part: Part, rel: str) -> Tuple[str, str]:
+        i, p = self.cfg.input, self.cfg.preprocess
+        scaled = p.jpeg_dct_scaling or p.fast_decode
+        where = part.where[part.pos] if part.where is not None else None
+        if where is None or (i.list is None and not where.remote and not where.member):
+            return probe.classify(i.dir, rel, i.max_pixels, i.follow_external_symlinks, scaled)
+        if not where.remote and not where.member:  # a listed local file: named, so followed
+            return probe.classify("", where.target, i.max_pixels, True, scaled)
+        from estimator_vgg.reader import read_bytes
+        from estimator_vgg.remote import FetchError
+        try:
+            data = read_bytes(self.cfg, where)
+        except FetchError as e:
+            return e.reason, e.message
+        return probe.classify_bytes(data, i.max_pixels, scaled, i.fallback_decoder == "pillow")
+
     def _fail(self, part: Part, rel: str) -> None:
-        if rel in self.blocked:
+        if part.pos in part.preset:
+            reason, message = part.preset[part.pos]
+        elif rel in self.blocked:
             reason, message = self.blocked[rel]
+        elif rel in self.read_errors:
+            reason, message = self.read_errors.pop(rel)
         else:
-            reason, message = probe.classify(self.cfg.input.dir, rel, self.cfg.input.max_pixels,
-                                             self.cfg.input.follow_external_symlinks,
-                                             self.cfg.preprocess.jpeg_dct_scaling
-                                             or self.cfg.preprocess.fast_decode)
-        log.warning("%s: %s (%s)", display_path(rel), reason, message)
+            reason, message = self._classify(part, rel)
+        log.log(logging.INFO if reason == DUPLICATE else logging.WARNING, "%s: %s (%s)",
+                redact(display_path(rel)), reason, message)
         part.errors.append((rel, reason, message))
         self.errors.append((rel, reason, message))
 
@@ -111,12 +153,12 @@ class Accountant:
             part = self.parts[self.current]
             fc7 = np.concatenate(part.fc7) if part.fc7 else None
             self.store.commit(part.index, part.paths, fc7, part.errors)
-            self.seen += len(part.files)
+            self.seen += len(part.files) - (len(part.errors) - counted(part.errors))
             part.fc7, part.paths = [], []  # free the rows
             self.current += 1
             if self.early_stop:
                 check_error_fraction(self.cfg, self.seen_before + self.seen,
-                                     self.errors_before + len(self.errors), self.errors,
+                                     self.errors_before + counted(self.errors), self.errors,
                                      final=False)
 
     def _gap_before(self, rel: str) -> int:
@@ -215,26 +257,47 @@ class InputWait:
                         "%s (docs/devices.md, \"Decoding\")", " or ".join(tips))
 
 
-def _stream_rows(cfg: Config, prepared, feed: List[List[str]], accountant: Accountant,
-                 start: float, on_batch: Callable[[], None], wait: InputWait) -> float:
-    """Predict the files of `feed` (one list per part) and hand every row to the accountant in
-    listing order; returns the seconds from `start` (a time.time()) to the first batch."""
+def _stream_rows(cfg: Config, prepared, feed: List[List[int]], parts: List[Part],
+                 accountant: Accountant, start: float, on_batch: Callable[[], None],
+                 wait: InputWait, read_errors: Dict[str, Tuple[str, str]]) -> float:
+    """Predict the entries at the positions `feed` (one list per part) and hand every row to
+    the accountant in listing order; returns the seconds from `start` (a time.time()) to the
+    first batch."""
     first_batch_s = 0.0
-    flat = [f for files in feed for f in files]
-    est = build_estimator(cfg, prepared)
-    log.info("towers: %s, %d images per step, %d parts", ", ".join(tower_devices(cfg.devices)),
-             cfg.devices.batch_size * cfg.towers, len(feed))
-    predictions = est.predict(
-        input_fn(cfg, flat, part_sizes=[len(f) for f in feed], skip_bad=True),
-        yield_single_examples=False, checkpoint_path=prepared.checkpoint, hooks=[wait.hook()])
-    for batch in predictions:
-        fault("batch")
-        if not first_batch_s:
-            first_batch_s = time.time() - start
-            log.info("first batch after %.1f s", first_batch_s)
-        for key, row in zip(batch["path"], batch["fc7"]):
-            accountant.row(key.decode("utf-8", "surrogateescape"), row)
-        on_batch()
+    keys = [p.files[k] for p, ks in zip(parts, feed) for k in ks]
+    where = [p.where[k] if p.where is not None else None for p, ks in zip(parts, feed)
+             for k in ks]
+    reader = None
+    if any(w is not None for w in where):
+        from estimator_vgg.sources import Where as _Where
+        where = [w if w is not None else _Where(os.path.join(str(cfg.input.dir), k))
+                 for k, w in zip(keys, where)]
+        if python_needed(cfg, where):
+            from estimator_vgg.reader import Reader
+            reader = Reader(cfg, list(zip(keys, where)), read_errors)
+    files = [w.target for w in where] if any(w is not None for w in where) else None
+    try:
+        est = build_estimator(cfg, prepared)
+        log.info("towers: %s, %d images per step, %d parts%s",
+                 ", ".join(tower_devices(cfg.devices)), cfg.devices.batch_size * cfg.towers,
+                 len(feed), f", read by {cfg.input.read_concurrency} Python threads"
+                 if reader is not None else "")
+        predictions = est.predict(
+            input_fn(cfg, keys, part_sizes=[len(f) for f in feed], skip_bad=True, files=files,
+                     reader=reader),
+            yield_single_examples=False, checkpoint_path=prepared.checkpoint,
+            hooks=[wait.hook()])
+        for batch in predictions:
+            fault("batch")
+            if not first_batch_s:
+                first_batch_s = time.time() - start
+                log.info("first batch after %.1f s", first_batch_s)
+            for key, row in zip(batch["path"], batch["fc7"]):
+                accountant.row(key.decode("utf-8", "surrogateescape"), row)
+            on_batch()
+    finally:
+        if reader is not None:
+            reader.close()
     return first_batch_s
 
 
@@ -242,22 +305,26 @@ def embed_parts(cfg: Config, prepare: Callable[[], object], store, parts: List[P
                 blocked: Dict[str, tuple], seen_before: int = 0, errors_before: int = 0,
                 start: float = 0.0, early_stop: bool = True,
                 on_progress: Callable[[int, int], None] = lambda done, errors: None) -> Done:
-    """Embed every file of `parts` and commit each part to `store` in order.
+    """Embed every entry of `parts` and commit each part to `store` in order.
 
-    prepare: returns the weights.PreparedWeights; called only when some file is to be read
-    (a run whose files are all blocked converts nothing). blocked: files never to open, with
-    their error row. seen_before, errors_before: files and errors of earlier runs, for
-    input.max_error_fraction (checked after each part when early_stop). on_progress(done,
-    errors) after every batch and at the end.
+    prepare: returns the weights.PreparedWeights; called only when some entry is to be read
+    (a run whose entries are all blocked or preset converts nothing). blocked: files never to
+    open, with their error row. seen_before, errors_before: entries and counted errors of
+    earlier runs, for input.max_error_fraction (checked after each part when early_stop).
+    on_progress(done, errors) after every batch and at the end.
     """
     start = start or time.time()
-    feed = [[f for f in p.files if f not in blocked] for p in parts]
-    accountant = Accountant(cfg, store, parts, blocked, seen_before, errors_before, early_stop)
+    feed = [p.fed(blocked) for p in parts]
+    read_errors: Dict[str, Tuple[str, str]] = {}
+    accountant = Accountant(cfg, store, parts, blocked, seen_before, errors_before, early_stop,
+                            read_errors)
     first_batch_s = 0.0
     wait = InputWait()
     if any(feed):
-        first_batch_s = _stream_rows(cfg, prepare(), feed, accountant, start, on_batch=lambda: (
-            on_progress(accountant.accounted, len(accountant.errors))), wait=wait)
+        first_batch_s = _stream_rows(cfg, prepare(), feed, parts, accountant, start,
+                                     on_batch=lambda: on_progress(accountant.accounted,
+                                                                  len(accountant.errors)),
+                                     wait=wait, read_errors=read_errors)
         wait.report(cfg)
     accountant.finish()  # what the stream did not deliver failed, or was never fed
     on_progress(accountant.accounted, len(accountant.errors))

@@ -10,9 +10,8 @@ from collections import Counter
 from estimator_vgg import downloads
 from estimator_vgg.config import Config
 from estimator_vgg.devices import tensorflow_build, tower_devices
-from estimator_vgg.listing import display_path, list_images
+from estimator_vgg import sources
 from estimator_vgg.manifest import read_manifest
-from estimator_vgg.writer import committed_paths
 
 def _weights_text(cfg: Config) -> str:
     w = cfg.model.weights
@@ -43,25 +42,26 @@ def _executor_text(cfg: Config, todo: int) -> str:
 
 
 def dry_run(cfg: Config) -> str:
-    listing = list_images(cfg.input.dir, cfg.input.extensions)
-    by_ext = Counter(os.path.splitext(p)[1].lower().lstrip(".") for p in listing)
-    done = set()
+    listing = sources.build(cfg)  # lists folders, prefixes and tar headers; reads no image
+    by_ext = Counter(os.path.splitext(p.split("?", 1)[0])[1].lower().lstrip(".") or "none"
+                     for p in listing.keys)
+    first, repeats = Counter(), Counter()
     manifest = read_manifest(cfg.output.dir)
     state = "new output"
     if cfg.output.overwrite:
         state = "output.overwrite: existing features, errors and manifest would be deleted"
     elif manifest is not None:
-        done = committed_paths(cfg.output.dir, manifest)
+        first, repeats = sources.committed_counts(cfg.output.dir, manifest)
         state = (f"resuming ({len(manifest.parts)} parts committed; weights and "
                  f"preprocessing are checked against the manifest when the job starts)")
-    todo = sum(1 for p in listing if display_path(p) not in done)
+    todo = len(sources.todo(listing, first, repeats))
     devices = tower_devices(cfg.devices)
     lines = [
         "dry run: nothing is read, converted or written",
-        f"  input.dir    {cfg.input.dir}",
-        f"  files        {len(listing)}  (" + ", ".join(f"{e}: {n}" for e, n in
-                                                     sorted(by_ext.items())) + ")",
-        f"  done         {len(listing) - todo}",
+        f"  source       {sources.describe(cfg, listing)}",
+        f"  entries      {len(listing.keys)}  (" + ", ".join(f"{e}: {n}" for e, n in
+                                                       sorted(by_ext.items())) + ")",
+        f"  done         {len(listing.keys) - todo}",
         f"  to do        {todo}",
         f"  output       {cfg.output.dir} ({cfg.output.format}): {state}",
         f"  devices      {', '.join(devices)} ({cfg.devices.batch_size} images per tower per "
@@ -70,7 +70,9 @@ def dry_run(cfg: Config) -> str:
         f"  weights      {_weights_text(cfg)}",
         f"  preprocess   {cfg.preprocess.resize}, antialias {cfg.preprocess.antialias}"
         f"{', JPEG DCT scaling' if cfg.preprocess.jpeg_dct_scaling else ''}"
-        f"{', fast decode' if cfg.preprocess.fast_decode else ''}",
+        f"{', fast decode' if cfg.preprocess.fast_decode else ''}"
+        f"{', EXIF orientation' if cfg.preprocess.exif_orientation else ''}; other formats: "
+        f"{cfg.input.fallback_decoder}",
         f"  executor     {_executor_text(cfg, todo)}",
     ]
     return "\n".join(lines)

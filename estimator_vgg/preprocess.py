@@ -7,6 +7,8 @@ this recipe for the outputs' fingerprints: change what happens here, bump it the
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import tensorflow as tf
 
 from estimator_vgg.recipe import CAFFE_BGR_MEAN, IMAGE_SIZE
@@ -213,9 +215,21 @@ def caffe_preprocess(rgb: tf.Tensor) -> tf.Tensor:
     return bgr - tf.constant(CAFFE_BGR_MEAN, dtype=tf.float32)
 
 
+def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """[h, w, c] as stored -> as shown, by EXIF orientation 1-8 (anything else: as stored).
+    5-8 swap the axes; then 2, 3, 6, 7 mirror left-right and 3, 4, 7, 8 top-bottom."""
+    o = tf.cast(orientation, tf.int32)
+    image = tf.cond((o >= 5) & (o <= 8), lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
+    lr = tf.reduce_any(tf.equal(o, [2, 3, 6, 7]))
+    ud = tf.reduce_any(tf.equal(o, [3, 4, 7, 8]))
+    image = tf.cond(lr, lambda: tf.reverse(image, [1]), lambda: image)
+    return tf.cond(ud, lambda: tf.reverse(image, [0]), lambda: image)
+
+
 def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
                max_pixels: int = 0, jpeg_dct_scaling: bool = False,
-               fast_decode: bool = False) -> tf.Tensor:
+               fast_decode: bool = False, orientation: Optional[tf.Tensor] = None
+               ) -> tf.Tensor:
     """Encoded image bytes -> float32 [224, 224, 3] ready for VGG16.
 
     With max_pixels > 0, an image whose header claims more pixels is refused before decoding.
@@ -223,6 +237,9 @@ def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
     With fast_decode, a JPEG under center_crop (antialiased) is decoded only where the crop
     keeps it, DCT-scaled to 896 (center_crop_jpeg); other formats, `squash` and
     `antialias: false` take the exact path.
+    With an EXIF `orientation` (preprocess.exif_orientation), the decoded image is turned
+    upright before the resize; under fast_decode's crop, the 224x224 crop is (the same up to
+    the resize's rounding: the centre crop of a square is turned with the image).
     """
     if max_pixels > 0:
         contents = check_pixels(contents, max_pixels)
@@ -230,9 +247,13 @@ def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
         min_side = 2 * IMAGE_SIZE if jpeg_dct_scaling else FAST_DCT_MIN_SIDE
         out = tf.cond(tf.io.is_jpeg(contents), lambda: center_crop_jpeg(contents, min_side),
                       lambda: resize(decode_rgb(contents), policy, antialias))
+        if orientation is not None:
+            out = orient(out, orientation)
         out.set_shape([IMAGE_SIZE, IMAGE_SIZE, 3])
         return caffe_preprocess(out)
     # fast_decode outside center_crop with antialias is the exact path: its DCT scaling is the
     # crop path's (to 896); decode_rgb_scaled's 448 is jpeg_dct_scaling's alone (cosine 0.9979)
     decoded = decode_rgb_scaled(contents) if jpeg_dct_scaling else decode_rgb(contents)
+    if orientation is not None:
+        decoded = orient(decoded, orientation)
     return caffe_preprocess(resize(decoded, policy, antialias))

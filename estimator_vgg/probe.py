@@ -76,25 +76,41 @@ def classify(root: Path, rel: str, max_pixels: int,
         return "not_a_file", "a folder named like an image"
     except OSError as e:
         return "read_error", e.strerror or str(e)
+    return _by_head(head, max_pixels, jpeg_dct_scaling, path=path)
+
+
+def classify_bytes(data: bytes, max_pixels: int, jpeg_dct_scaling: bool = False,
+                   pillow: bool = False) -> Tuple[str, str]:
+    """(reason, message) for bytes (a remote object, a tar member) the pipeline could not
+    turn into an image; pillow: input.fallback_decoder was pillow (and did not open it)."""
+    return _by_head(data[:64], max_pixels, jpeg_dct_scaling, data=data, pillow=pillow)
+
+
+def _by_head(head: bytes, max_pixels: int, scaled: bool, path: str = None, data: bytes = None,
+             pillow: bool = False) -> Tuple[str, str]:
     if not head:
         return "empty_file", "the file has 0 bytes"
     for magic, name in _UNSUPPORTED:
         if head.startswith(magic) and (name != "WebP" or head[8:12] == b"WEBP"):
+            if pillow:
+                return ("unsupported_format", f"{name}: neither TensorFlow nor the installed "
+                        f"Pillow decodes this file; convert it")
             return ("unsupported_format", f"{name}: TensorFlow decodes JPEG, PNG, GIF and BMP "
-                    "only; convert the file")
+                    "only; set input.fallback_decoder: pillow, or convert the file")
     if not head.startswith(_SUPPORTED):
-        return "not_an_image", f"not a JPEG, PNG, GIF or BMP file (starts with {head[:8]!r})"
-    return _decode_failure(path, max_pixels, jpeg_dct_scaling)
+        return "not_an_image", f"not an image file this job reads (starts with {head[:8]!r})"
+    return _decode_failure(path, max_pixels, scaled, data)
 
 
-def _decode_failure(path: str, max_pixels: int, scaled: bool = False) -> Tuple[str, str]:
+def _decode_failure(path: str, max_pixels: int, scaled: bool = False,
+                    data: bytes = None) -> Tuple[str, str]:
     import tensorflow as tf
 
     from estimator_vgg.preprocess import decode_rgb, decode_rgb_scaled, header_size
 
     # A graph of its own: this runs inside Estimator.predict, whose graph is finalized.
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
-        contents = tf.io.read_file(path)
+        contents = tf.io.read_file(path) if data is None else tf.constant(data)
         try:
             h, w = (int(v) for v in sess.run(header_size(contents)))
             if h * w > max_pixels:

@@ -13,17 +13,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 
-from estimator_vgg import __version__, probe, weights
+from estimator_vgg import __version__, probe, sources, weights
 from estimator_vgg.config import Config
 from estimator_vgg.devices import precision_hint, tower_devices
-from estimator_vgg.listing import display_path, list_images
+from estimator_vgg.remote import redact
+from estimator_vgg.sources import Where
 from estimator_vgg.manifest import ERRORS, Fingerprint, RunRecord
-from estimator_vgg.parts import (Done, JobError, Part, check_error_fraction, cut_parts,
-                                 embed_parts)
+from estimator_vgg.parts import (Done, JobError, Part, check_error_fraction, counted,
+                                 cut_parts, embed_parts)
 from estimator_vgg.store import Store
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ __all__ = ["JobError", "Summary", "run", "fingerprint"]
 
 @dataclass
 class Summary:
-    files: int                     # files in the listing
+    files: int                     # entries in the listing (files, list lines, tar members)
     features: int                  # rows in the features table (all runs)
     errors: Dict[str, int]         # error rows by reason (all runs)
     new_files: int                 # files this run processed
@@ -66,20 +67,37 @@ def _versions() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def blocked_files(cfg: Config, todo: List[str]) -> Dict[str, tuple]:
-    """Files never to open, with their error: symlinks out of input.dir (unless allowed), and
-    FIFOs or devices named like images (reading one would block forever)."""
+def blocked_files(cfg: Config, todo: List[str], where: List[Optional[Where]]) -> Dict[str, tuple]:
+    """Local files never to open, with their error: in a folder, symlinks out of input.dir
+    (unless allowed); anywhere, FIFOs or devices named like images (reading one would block
+    forever). A listed file is named by the user, so its symlinks are followed."""
     blocked = {}
-    for rel in todo:
-        if not cfg.input.follow_external_symlinks and probe.outside_root(cfg.input.dir, rel):
+    folder = cfg.input.list is None
+    for rel, w in zip(todo, where):
+        if w is None or w.remote:
+            continue
+        if (folder and not w.member and not cfg.input.follow_external_symlinks
+                and probe.outside_root(cfg.input.dir, rel)):
             blocked[rel] = probe.classify(cfg.input.dir, rel, cfg.input.max_pixels, False)
-        elif probe.special_file(cfg.input.dir / rel):
+        elif probe.special_file(w.target):
             blocked[rel] = ("not_a_file", "not a regular file (a FIFO, socket or device)")
     return blocked
 
 
+def recorded_command(argv: List[str]) -> List[str]:
+    """The command line as the manifest records it: storage_options values and URL query
+    strings (credentials, presigned signatures) redacted."""
+    out = []
+    for a in argv:
+        if a.startswith(("input.storage_options", "--set=input.storage_options")) and "=" in a:
+            a = a.split("=", 1)[0] + "=<redacted>"
+        out.append(redact(a))
+    return out
+
+
 def run(cfg: Config, progress=None) -> Summary:
-    """Embed every image under input.dir into <output.dir>; resume what an earlier run began.
+    """Embed every entry of the input (a folder, a prefix or a list) into <output.dir>;
+    resume what an earlier run began.
 
     progress: an object with start(total), update(done, errors, shards=""), close() (see
     progress.py); default: a log line every 30 s.
@@ -88,47 +106,57 @@ def run(cfg: Config, progress=None) -> Summary:
 
     progress = progress or LogProgress()
     start = time.time()
-    listing = list_images(cfg.input.dir, cfg.input.extensions)
-    if not listing:
-        raise JobError(f"input.dir {cfg.input.dir} holds no file with an image extension "
-                       f"({', '.join(cfg.input.extensions)}); check the folder or "
-                       f"input.extensions")
+    listing = sources.build(cfg)
+    if not listing.keys:
+        where = (f"input.dir {redact(str(cfg.input.dir))} holds no file with an image "
+                 f"extension ({', '.join(cfg.input.extensions)}); check the folder or "
+                 f"input.extensions")
+        raise JobError(where + (" or input.expand_tars" if not cfg.input.expand_tars else ""))
     located = weights.locate(cfg.model)  # hashed for the fingerprint; converted only if needed
     store = Store(cfg.output.dir, cfg.output.format)
     store.open(fingerprint(cfg, located), cfg.to_dict(), cfg.output.overwrite)
-    done_before = store.done_paths()
-    todo = [p for p in listing if display_path(p) not in done_before]
+    sources.check_appended(cfg, listing, store.dir)
+    first, repeats = sources.committed_counts(store.dir, store.manifest)
+    todo_at = sources.todo(listing, first, repeats)
+    todo = [listing.keys[n] for n in todo_at]
     counts_before = store.manifest.count()
     feats_before, errs_before = counts_before["features"], counts_before["errors"]
-    log.info("found %d images under %s: %d already done, %d to do", len(listing),
-             cfg.input.dir, len(listing) - len(todo), len(todo))
-    record = RunRecord(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=list(sys.argv),
+    dups_before = sum(repeats.values())
+    log.info("found %d entries in %s: %d already done, %d to do", len(listing.keys),
+             sources.describe(cfg, listing), len(listing.keys) - len(todo), len(todo))
+    record = RunRecord(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       command=recorded_command(list(sys.argv)),
                        versions=_versions(), devices=tower_devices(cfg.devices))
     if not todo:
         record.seconds = round(time.time() - start, 3)
         store.finish(record, complete=True)
-        return Summary(len(listing), feats_before, _error_counts(store), 0,
+        return Summary(len(listing.keys), feats_before, _error_counts(store), 0,
                        time.time() - start, cfg.output.dir, noop=True)
 
     hint = precision_hint(cfg.devices, cfg.model.precision)
     if hint and cfg.run.executor == "local":  # Ray's nodes may have other CPUs than this one
         log.info("%s", hint)
-    blocked = blocked_files(cfg, todo)
-    parts = cut_parts(todo, store.next_index(), cfg.output.rows_per_part)
+    where = [listing.where[n] for n in todo_at]
+    blocked = blocked_files(cfg, todo, where)
+    preset = {k: listing.preset[n] for k, n in enumerate(todo_at) if n in listing.preset}
+    parts = cut_parts(todo, store.next_index(), cfg.output.rows_per_part, where, preset)
+    seen_before = feats_before + errs_before - dups_before
+    errors_before = errs_before - dups_before
 
     progress.start(len(todo))
     try:
         if cfg.run.executor == "ray":
             from estimator_vgg import cluster
             done = cluster.run_shards(cfg, located, store, parts, blocked, progress,
-                                      feats_before + errs_before, errs_before, start)
+                                      seen_before, errors_before, start)
         else:
             done = _run_here(cfg, located, store, parts, blocked, progress,
-                             feats_before + errs_before, errs_before, start)
+                             seen_before, errors_before, start)
     finally:
         progress.close()
-    check_error_fraction(cfg, feats_before + errs_before + len(todo),
-                         errs_before + len(done.errors), done.errors, final=True)
+    new_dups = len(done.errors) - counted(done.errors)
+    check_error_fraction(cfg, seen_before + len(todo) - new_dups,
+                         errors_before + counted(done.errors), done.errors, final=True)
     seconds = time.time() - start
     counts = _error_counts(store)
     record.new_files, record.new_features = len(todo), done.features
@@ -137,7 +165,7 @@ def run(cfg: Config, progress=None) -> Summary:
     record.images_per_s = round(done.features / seconds, 3)
     record.details = done.record
     store.finish(record, complete=True)
-    return Summary(len(listing), feats_before + done.features, counts, len(todo), seconds,
+    return Summary(len(listing.keys), feats_before + done.features, counts, len(todo), seconds,
                    cfg.output.dir, first_batch_s=done.first_batch_s,
                    new_features=done.features, executor=cfg.run.executor)
 

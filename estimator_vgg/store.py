@@ -23,7 +23,7 @@ from estimator_vgg import writer
 from estimator_vgg.faults import fault
 from estimator_vgg.listing import display_path
 from estimator_vgg.recipe import FC7_DIM
-from estimator_vgg.manifest import (MANIFEST, Fingerprint, Manifest, ManifestError,  # noqa: F401
+from estimator_vgg.manifest import (LIST_COPY, MANIFEST, Fingerprint, Manifest, ManifestError,  # noqa: F401
                                     OutputError, PartRecord, RunRecord, part_name,
                                     read_manifest)
 
@@ -69,11 +69,14 @@ class Store:
                 raise OutputError(f"{e}; set output.overwrite=true to start afresh") from None
             if old.fingerprint != fingerprint:
                 diff = old.fingerprint.differences(fingerprint)
+                resume = old.fingerprint.resume_overrides(fingerprint)
+                again = (f"To resume it, run with {' '.join(resume)}; or use" if resume
+                         else "Use")
                 raise OutputError(
                     f"output.dir {self.dir} holds features made with other settings, and "
-                    f"mixing them would make the table meaningless: {'; '.join(diff)}. Use "
-                    f"another output.dir, or set output.overwrite=true (--overwrite) to delete "
-                    f"them and start afresh")
+                    f"mixing them would make the table meaningless: {'; '.join(diff)}. "
+                    f"{again} another output.dir, or set output.overwrite=true (--overwrite) "
+                    f"to delete them and start afresh")
             self.manifest = old
         elif any((self.dir / d).exists() for d in (writer.FEATURES, writer.ERRORS)):
             raise OutputError(f"output.dir {self.dir} has features/ or errors/ but no "
@@ -87,6 +90,7 @@ class Store:
 
     def _clear(self) -> None:
         (self.dir / MANIFEST).unlink(missing_ok=True)  # first: its parts are gone from now on
+        (self.dir / LIST_COPY).unlink(missing_ok=True)  # the input list it was made from
         for d in (writer.FEATURES, writer.ERRORS):
             if (self.dir / d).exists():
                 log.info("output.overwrite: deleting %s", self.dir / d)

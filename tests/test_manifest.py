@@ -24,13 +24,23 @@ def _located(cfg):
 
 
 def test_the_fingerprint_of_a_job_is_the_json_earlier_releases_wrote(tmp_path):
-    fp = Fingerprint.of(make_config(tmp_path), _located(make_config(tmp_path)))
+    # earlier releases decoded only what TensorFlow decodes: input.fallback_decoder=none
+    cfg = make_config(tmp_path, input={"fallback_decoder": "none"})
+    fp = Fingerprint.of(cfg, _located(cfg))
     assert json.dumps(fp.to_dict()) == json.dumps(OLD_FINGERPRINT)
     assert Fingerprint.from_dict(OLD_FINGERPRINT) == fp
+    # the default, Pillow for other formats, is recorded, and tells how to resume an old one
+    now = Fingerprint.of(make_config(tmp_path), _located(cfg))
+    assert now.to_dict()["preprocessing"]["fallback_decoder"] == "pillow"
+    assert Fingerprint.from_dict(OLD_FINGERPRINT).differences(now) == [
+        "preprocessing.fallback_decoder: 'none' in the output, 'pillow' now"]
+    assert (Fingerprint.from_dict(OLD_FINGERPRINT).resume_overrides(now)
+            == ["input.fallback_decoder=none"])
 
 
 def test_an_option_recorded_only_when_on_reads_as_off_in_old_outputs(tmp_path):
-    on = make_config(tmp_path, preprocess={"jpeg_dct_scaling": True})
+    on = make_config(tmp_path, preprocess={"jpeg_dct_scaling": True},
+                     input={"fallback_decoder": "none"})
     fp_on = Fingerprint.of(on, _located(on))
     assert fp_on.to_dict()["preprocessing"]["jpeg_dct_scaling"] is True
     old = Fingerprint.from_dict(OLD_FINGERPRINT)

@@ -107,7 +107,7 @@ def test_dry_run_lists_the_work_without_tensorflow(output, tmp_path):
     r = run_py("-c", code, cfg, "--dry-run")
     (imgs / "new.png").unlink()
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "files        9  (bmp: 1, gif: 1, jpg: 4, png: 3)" in r.stdout
+    assert "entries      9  (bmp: 1, gif: 1, jpg: 4, png: 3)" in r.stdout
     assert "done         8" in r.stdout and "to do        1" in r.stdout
     assert "synthetic (seed 0): NOT ImageNet features" in r.stdout
 

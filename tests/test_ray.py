@@ -99,6 +99,34 @@ def test_a_ray_run_equals_the_local_run(cluster, inputs, local_output, tmp_path)
     assert "shard part-00003 (1 images from zzz_last.jpg) done on" in r.stderr
 
 
+def test_a_ray_run_over_a_list_of_remote_entries_equals_the_local_run(cluster, inputs,
+                                                                      tmp_path):
+    """Remote entries (a truncated JPEG and a missing one among them) read by the shards
+    themselves: the same rows, order and values as the local executor."""
+    from http_files import serve
+
+    files = {f"/{p.name}": p.read_bytes() for p in sorted(inputs.rglob("*"))
+             if p.is_file() and not p.is_symlink()}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    with serve(files) as srv:
+        lst = tmp_path / "l.txt"
+        lst.write_text("".join(srv.url(n) + "\n" for n in [*files, "/gone.jpg"]))
+        cfg = tmp_path / "list.yaml"
+        cfg.write_text(job_config(tmp_path, inputs, tmp_path / "x").read_text().replace(
+            f"  dir: {inputs}\n", f"  list: {lst}\n"))
+        local = subprocess.run(_cmd(cfg, f"output.dir={tmp_path / 'local'}"), env=env,
+                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert local.returncode == 3, local.stderr[-3000:]
+        r = subprocess.run(_cmd(cfg, f"output.dir={tmp_path / 'ray'}", "run.executor=ray",
+                                f"run.ray.address={cluster.address}"), env=cluster.env,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 3, r.stderr[-3000:]
+    _assert_same(tmp_path / "ray", tmp_path / "local")
+    errors = pd.read_parquet(tmp_path / "ray" / "errors")
+    assert dict(zip(errors["reason"], errors["path"]))["missing"] == srv.url("/gone.jpg")
+    assert _ray_run(tmp_path / "ray")["executor"] == "ray"
+
+
 def test_a_worker_killed_from_outside_is_replaced_and_its_shard_redone(
         cluster, inputs, local_output, tmp_path):
     out = tmp_path / "out"

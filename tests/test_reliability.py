@@ -15,7 +15,7 @@ BAD = ROOT / "tests" / "fixtures" / "bad"
 EXPECTED = {
     "good.jpg": None, "good.png": None, "cmyk.jpg": None, "gray16.png": None,
     "png_named.gif": None,
-    "photo_tiff.tiff": "unsupported_format", "photo_webp.webp": "unsupported_format",
+    "photo_tiff.tiff": None, "photo_webp.webp": None,  # Pillow decodes them (the default)
     "truncated.jpg": "decode_error", "empty.jpg": "empty_file",
     "not_an_image.jpg": "not_an_image", "huge_header.png": "too_large",
     "links/dangling.jpg": "dangling_symlink", "links/outside.jpg": "symlink_outside_root",
@@ -55,9 +55,21 @@ def test_every_bad_file_is_one_error_row_and_the_job_goes_on(bad_folder, tmp_pat
     # TensorFlow's own words about the file, not the Python stack where the op was built
     assert msg["truncated.jpg"] == "jpeg::Uncompress failed. Invalid JPEG data or crop window."
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["totals"] == {"files": 14, "features": 6, "errors": 8, "parts": 1}
-    assert manifest["runs"][-1]["new_errors"]["unsupported_format"] == 2
-    assert "errors      8" in r.stdout and "unsupported_format     2" in r.stdout
+    assert manifest["totals"] == {"files": 14, "features": 8, "errors": 6, "parts": 1}
+    assert "unsupported_format" not in manifest["runs"][-1]["new_errors"]
+    assert "errors      6" in r.stdout and "decode_error           1" in r.stdout
+
+
+def test_without_the_fallback_decoder_tiff_and_webp_are_unsupported(bad_folder, tmp_path):
+    out = tmp_path / "out"
+    r = job(tmp_path, bad_folder, out, "input.fallback_decoder=none")
+    assert r.returncode == 3, r.stderr[-3000:]
+    _, errors = tables(out)
+    got = dict(zip(errors["path"], errors["reason"]))
+    assert got["photo_tiff.tiff"] == got["photo_webp.webp"] == "unsupported_format"
+    assert "input.fallback_decoder: pillow" in dict(zip(errors["path"],
+                                                       errors["message"]))["photo_tiff.tiff"]
+    assert len(got) == 8
 
 
 def test_good_rows_are_unaffected_by_bad_neighbours(bad_folder, tmp_path):
@@ -77,7 +89,7 @@ def test_good_rows_are_unaffected_by_bad_neighbours(bad_folder, tmp_path):
 def test_too_many_failures_stop_the_job_loudly(bad_folder, tmp_path):
     r = job(tmp_path, bad_folder, tmp_path / "out", "input.max_error_fraction=0.1")
     assert r.returncode == 1
-    assert "8 of 14 files failed (57.1%), above input.max_error_fraction=0.1" in r.stderr
+    assert "6 of 14 files failed (42.9%), above input.max_error_fraction=0.1" in r.stderr
 
 
 def test_the_pixel_limit_is_configurable(tmp_path):
@@ -133,7 +145,7 @@ def test_new_files_are_the_only_ones_processed_on_rerun(tmp_path):
     shutil.copy(DEMO / "chelsea_cat.JPG", imgs / "c.jpg")
     r = job(tmp_path, imgs, out)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "3 images under" in r.stderr and "1 already done, 2 to do" in r.stderr
+    assert "found 3 entries in folder" in r.stderr and "1 already done, 2 to do" in r.stderr
     feats = pd.read_parquet(out / "features")
     assert feats["path"].tolist() == ["b.jpg", "a.jpg", "c.jpg"]  # new files in a new part
     assert json.loads((out / "manifest.json").read_text())["runs"][-1]["new_files"] == 2

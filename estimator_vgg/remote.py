@@ -1,0 +1,177 @@
+"""Remote bytes: s3://, gs://, http(s):// through fsspec and its filesystems (the `remote`
+extra), with a timeout on every request, retries with backoff for what is transient, and a
+reason for what is not.
+
+    data = fetch(cfg.input, "s3://bucket/a.jpg")          # bytes, or FetchError(reason, message)
+    data = fetch(cfg.input, "https://h/t.tar", 1024, 2048)  # a byte range
+
+Light at import: fsspec is imported when a URI is first used. No secret reaches a message:
+URL query strings (presigned signatures) are cut from every text this module produces.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+from typing import List, Optional, Tuple
+
+# The schemes this job reads, and the package that handles each one.
+BACKENDS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
+INSTALL = ("install the remote extra: ESTIMATOR_VGG_REMOTE=1 ./run.sh ... (or "
+           "pip install 'estimator-vgg[remote]')")
+BACKOFF_S = 0.25  # first retry after this, doubling, at most MAX_BACKOFF_S
+MAX_BACKOFF_S = 8.0
+
+
+class FetchError(OSError):
+    """An entry that cannot be read: `reason` is the errors table's, `message` says why."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason, self.message = reason, message
+
+
+def scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].lower()
+
+
+def redact(text: str) -> str:
+    """`text` with the query string of every URL in it cut (signatures, tokens)."""
+    return re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", r"\1?<redacted>",
+                  str(text))
+
+
+def _missing_extra(key: str, uri: str, package: str) -> Exception:
+    from estimator_vgg.config import ConfigError
+    return ConfigError(f"{key}: {redact(uri)} needs {package}, which is not installed: {INSTALL}")
+
+
+def check_scheme(key: str, uri: str) -> bool:
+    """Whether an installed filesystem handles `uri`'s scheme. A scheme this job knows whose
+    package is missing raises ConfigError (exit 2) saying how to install it; a scheme nothing
+    handles returns False (the entry's row: `unsupported_uri`)."""
+    s = scheme(uri)
+    try:
+        import fsspec
+    except ImportError:
+        if s in BACKENDS:
+            raise _missing_extra(key, uri, "fsspec") from None
+        return False
+    if s in BACKENDS:
+        try:
+            __import__(BACKENDS[s])
+        except ImportError:
+            raise _missing_extra(key, uri, BACKENDS[s]) from None
+        return True
+    try:
+        fsspec.get_filesystem_class(s)
+    except (ValueError, ImportError):
+        return False
+    return s not in ("file", "local", "memory")  # local files are named as paths
+
+
+def _options(input_cfg) -> str:
+    return json.dumps(input_cfg.storage_options or {}, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(s: str, options: str, timeout_s: float):
+    import fsspec
+
+    opts = json.loads(options)
+    if s in ("http", "https"):
+        import aiohttp  # every request bounded: connect, read, the whole request
+        return fsspec.filesystem("http", client_kwargs={"timeout": aiohttp.ClientTimeout(
+            total=timeout_s, sock_connect=timeout_s, sock_read=timeout_s)})
+    if s == "s3":
+        cfg = dict(opts.pop("config_kwargs", {}) or {})
+        cfg.setdefault("connect_timeout", timeout_s)
+        cfg.setdefault("read_timeout", timeout_s)
+        return fsspec.filesystem("s3", config_kwargs=cfg, **opts)
+    if s in ("gs", "gcs"):
+        opts.setdefault("timeout", timeout_s)
+        return fsspec.filesystem("gs", **opts)
+    return fsspec.filesystem(s, **opts)
+
+
+def filesystem(input_cfg, uri: str):
+    """The fsspec filesystem for `uri`, made once per scheme and input.storage_options."""
+    return _filesystem(scheme(uri), _options(input_cfg), float(input_cfg.request_timeout_s))
+
+
+def _classify(e: BaseException) -> Tuple[str, str]:
+    """(reason, message) of a failed request; reason `transient` is worth a retry."""
+    status = getattr(e, "status", None) or getattr(e, "code", None)
+    message = redact(f"{type(e).__name__}: {e}")
+    if isinstance(e, FileNotFoundError) or status in (404, 410):
+        return "missing", message
+    if isinstance(e, PermissionError) or status in (401, 403):
+        return "permission_denied", message
+    if isinstance(status, int):
+        return ("transient" if status >= 500 or status in (408, 429) else "read_error"), message
+    transient = (ConnectionError, TimeoutError)
+    try:
+        import asyncio
+
+        import aiohttp
+        transient += (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                      asyncio.TimeoutError)
+    except ImportError:
+        pass
+    try:
+        from fsspec.exceptions import FSTimeoutError
+        transient += (FSTimeoutError,)
+    except ImportError:
+        pass
+    if isinstance(e, transient) or "timeout" in type(e).__name__.lower():
+        return "transient", message
+    return "read_error", message
+
+
+def fetch(input_cfg, uri: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+    """The bytes of `uri` (or of [start, end)), retried input.retries times with backoff when
+    the failure is transient; FetchError(missing | permission_denied | read_error) otherwise."""
+    fs = filesystem(input_cfg, uri)
+    attempts = input_cfg.retries + 1
+    for attempt in range(attempts):
+        try:
+            return fs.cat_file(uri, start=start, end=end)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a reason
+            reason, message = _classify(e)
+            if reason != "transient":
+                raise FetchError(reason, message) from None
+            if attempt + 1 == attempts:
+                raise FetchError("read_error", f"{message} (after {attempts} attempts)") from None
+            time.sleep(min(MAX_BACKOFF_S, BACKOFF_S * 2 ** attempt))
+    raise AssertionError("unreachable")
+
+
+def size(input_cfg, uri: str) -> int:
+    try:
+        return int(filesystem(input_cfg, uri).size(uri))
+    except Exception as e:  # noqa: BLE001
+        raise FetchError(*_classify(e)) from None
+
+
+def open_file(input_cfg, uri: str):
+    """A seekable binary file over `uri` (reads are ranged requests)."""
+    return filesystem(input_cfg, uri).open(uri, "rb")
+
+
+def list_prefix(input_cfg, prefix: str) -> List[str]:
+    """Every object under `prefix` (s3:// or gs://), as keys relative to it, `/`-separated."""
+    fs = filesystem(input_cfg, prefix)
+    root = fs._strip_protocol(prefix).rstrip("/")
+    try:
+        found = fs.find(root)
+    except Exception as e:  # noqa: BLE001
+        reason, message = _classify(e)
+        from estimator_vgg.listing import ListingError
+        raise ListingError(f"cannot list {redact(prefix)} ({reason}: {message}); check the "
+                           f"prefix, its permissions and input.storage_options") from None
+    return sorted(f[len(root) + 1:] for f in found if f.startswith(root + "/"))
+
+
+def join(prefix: str, rel: str) -> str:
+    return prefix.rstrip("/") + "/" + rel

@@ -1,0 +1,392 @@
+"""What a job reads: the entries of a folder, an s3:// or gs:// prefix, or a list file, each
+with the output `path` it is keyed by and where its bytes are (a local file, a URI, or a
+member of a tar shard), in output order.
+
+    listing = sources.build(cfg)          # Listing: keys, where, preset rows
+    todo = sources.todo(listing, first, repeats)   # indices still to do on a resume
+
+A folder keeps today's form: sorted `/`-separated relative paths, local files read by
+TensorFlow. A list is taken line by line: every line yields exactly one row, a repeated
+entry the row `duplicate_entry`. Tar shards (input.expand_tars) are read header by header,
+never extracted: a member is a byte range of its tar. Light at import.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from estimator_vgg import remote
+from estimator_vgg.config import Config, ConfigError, is_uri
+from estimator_vgg.listing import display_path, list_images
+from estimator_vgg.manifest import LIST_COPY
+
+log = logging.getLogger(__name__)
+
+LIST_FORMATS = (".csv", ".tsv", ".parquet", ".jsonl", ".txt")
+TF_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "bmp"})  # TensorFlow decodes these
+DUPLICATE = "duplicate_entry"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where an entry's bytes are: a local file or a URI (`target`); for a tar member, the
+    byte range [offset, offset + size) of the tar at `target`."""
+    target: str
+    remote: bool = False
+    offset: int = -1
+    size: int = -1
+
+    @property
+    def member(self) -> bool:
+        return self.offset >= 0
+
+
+@dataclass
+class Listing:
+    kind: str                          # "folder", "prefix" or "list"
+    keys: List[str] = field(default_factory=list)      # the output `path` of each entry
+    where: List[Optional[Where]] = field(default_factory=list)  # None: its row is preset
+    preset: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # index: (reason, msg)
+    lines: Optional[List[str]] = None  # a list's entries as read (for the append check)
+    tars: int = 0
+
+    def add(self, key: str, where: Optional[Where], preset: Optional[Tuple[str, str]] = None):
+        if preset is not None:
+            self.preset[len(self.keys)] = preset
+        self.keys.append(key)
+        self.where.append(where)
+
+    @property
+    def remote(self) -> int:
+        return sum(1 for w in self.where if w is not None and w.remote)
+
+    def python_needed(self, cfg: Config) -> bool:
+        return python_needed(cfg, self.where)
+
+
+def python_needed(cfg: Config, where) -> bool:
+    """Whether any entry needs the Python stage (a remote read, a tar member, Pillow, the EXIF
+    orientation) rather than TensorFlow reading the local file itself."""
+    if cfg.preprocess.exif_orientation:
+        return True
+    pillow = cfg.input.fallback_decoder == "pillow"
+    for w in where:
+        if w is None:
+            continue
+        if w.remote or w.member:
+            return True
+        if pillow and _ext(w.target) not in TF_EXTENSIONS:
+            return True
+    return False
+
+
+def _ext(name: str) -> str:
+    return os.path.splitext(name.split("?", 1)[0])[1].lower().lstrip(".")
+
+
+def _is_tar(name: str) -> bool:
+    return _ext(name) == "tar"
+
+
+# ----------------------------------------------------------------------------- building
+
+def build(cfg: Config) -> Listing:
+    """The entries of the job, in output order (ConfigError for an unusable list)."""
+    i = cfg.input
+    exts = set(i.extensions) | ({"tar"} if i.expand_tars else set())
+    if i.list is not None:
+        return _from_list(cfg)
+    if is_uri(i.dir):
+        listing = Listing("prefix")
+        for rel in remote.list_prefix(i, i.dir):
+            if _ext(rel) in exts:
+                _add_entry(cfg, listing, rel, Where(remote.join(i.dir, rel), remote=True))
+        return listing
+    listing = Listing("folder")
+    for rel in list_images(i.dir, exts):
+        _add_entry(cfg, listing, rel, Where(os.path.join(str(i.dir), rel)))
+    return listing
+
+
+def _add_entry(cfg: Config, listing: Listing, key: str, where: Where) -> None:
+    if cfg.input.expand_tars and _is_tar(where.target):
+        _add_tar(cfg, listing, key, where)
+    else:
+        listing.add(key, where)
+
+
+def _add_tar(cfg: Config, listing: Listing, key: str, where: Where) -> None:
+    """Every image member of the tar as an entry, then `<tar>/` (bad_archive) if it is
+    damaged; headers only are read (a remote tar by ranged requests)."""
+    listing.tars += 1
+    exts = set(cfg.input.extensions)
+    try:
+        if where.remote:
+            total = remote.size(cfg.input, where.target)
+            f = remote.open_file(cfg.input, where.target)
+        else:
+            total = os.path.getsize(where.target)
+            f = open(where.target, "rb")
+    except (OSError, remote.FetchError) as e:
+        reason, message = ((e.reason, e.message) if isinstance(e, remote.FetchError) else
+                           ("missing" if isinstance(e, FileNotFoundError) else "read_error",
+                            e.strerror or str(e)))
+        listing.add(key, None, (reason, remote.redact(message)))
+        return
+    damage, end = None, 0
+    with f:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r:")
+            while True:
+                m = tar.next()
+                if m is None:
+                    break
+                end = m.offset_data + (-(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
+                if m.offset_data + m.size > total:
+                    damage = (f"member {m.name} needs {m.offset_data + m.size} bytes, the tar "
+                              f"has {total}: truncated")
+                    break
+                if m.isfile() and _ext(m.name) in exts:
+                    listing.add(f"{key}/{m.name}", Where(where.target, where.remote,
+                                                        m.offset_data, m.size))
+        except (tarfile.TarError, EOFError, OSError, remote.FetchError) as e:
+            damage = f"{type(e).__name__}: {e}"
+        if damage is None:  # tarfile stops quietly at a bad header past the first one
+            try:
+                f.seek(end)
+                tail = f.read(2 * tarfile.BLOCKSIZE)
+            except (OSError, remote.FetchError) as e:
+                tail, damage = b"", f"{type(e).__name__}: {e}"
+            if damage is None and (len(tail) < 2 * tarfile.BLOCKSIZE or tail.strip(b"\0")):
+                damage = (f"no valid header or end-of-archive marker at byte {end} of {total}: "
+                          f"truncated or corrupt")
+    if damage is not None:
+        listing.add(f"{key}/", None, ("bad_archive", remote.redact(damage) + "; the members "
+                                      "before the damage were read"))
+
+
+def read_list(cfg: Config) -> List[str]:
+    """The entries of input.list, in order (ConfigError naming the file when it cannot be
+    used: missing, unreadable, empty, or without the column)."""
+    i = cfg.input
+    name = remote.redact(str(i.list))
+    suffix = "." + _ext(str(i.list))
+    try:
+        if is_uri(i.list):
+            data = remote.fetch(i, str(i.list))
+        else:
+            data = Path(i.list).read_bytes()
+    except (OSError, remote.FetchError) as e:
+        why = e.message if isinstance(e, remote.FetchError) else (e.strerror or str(e))
+        raise ConfigError(f"input.list: cannot read {name} ({why})") from None
+    if suffix == ".txt":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"input.list: {name} is not UTF-8 text ({e})") from None
+        entries = [line.rstrip("\r") for line in text.split("\n")]
+        entries = [e for e in entries if e.strip()]
+    else:
+        entries = _table_column(data, suffix, i.path_column, name)
+    if not entries:
+        raise ConfigError(f"input.list: {name} names no image (it is empty)")
+    return entries
+
+
+def _table_column(data: bytes, suffix: str, column: str, name: str) -> List[str]:
+    import io
+
+    import pandas as pd
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+            table = pq.read_table(io.BytesIO(data))
+            columns = table.column_names
+            values = table.column(column).to_pylist() if column in columns else None
+        else:
+            if suffix == ".jsonl":
+                frame = pd.read_json(io.BytesIO(data), lines=True, dtype=False)
+            else:
+                frame = pd.read_csv(io.BytesIO(data), sep="\t" if suffix == ".tsv" else ",",
+                                    dtype=str, keep_default_na=False)
+            columns = [str(c) for c in frame.columns]
+            values = frame[column].tolist() if column in columns else None
+    except Exception as e:  # noqa: BLE001 - whatever the parser says, with the file's name
+        raise ConfigError(f"input.list: cannot read {name} as {suffix[1:]}: "
+                          f"{type(e).__name__}: {e}") from None
+    if values is None:
+        raise ConfigError(f"input.list: {name} has no column {column!r} (input.path_column); "
+                          f"its columns: {', '.join(columns) or 'none'}")
+    return ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values]
+
+
+def _from_list(cfg: Config) -> Listing:
+    i = cfg.input
+    entries = read_list(cfg)
+    listing = Listing("list", lines=entries)
+    first_line: Dict[str, int] = {}
+    handled: Dict[str, bool] = {}
+    relative_without_dir = None
+    for n, entry in enumerate(entries, start=1):
+        before = len(listing.keys)
+        if not entry.strip():
+            listing.add(entry, None, ("empty_entry", f"line {n} of the list is empty"))
+            continue
+        if is_uri(entry):
+            s = remote.scheme(entry)
+            if s not in handled:
+                handled[s] = remote.check_scheme(f"input.list line {n}", entry)
+            if not handled[s]:
+                listing.add(entry, None, ("unsupported_uri", f"no installed filesystem reads "
+                                          f"{s}:// URIs"))
+                continue
+            where = Where(entry, remote=True)
+        elif os.path.isabs(entry):
+            where = Where(entry)
+        elif i.dir is None:
+            relative_without_dir = relative_without_dir or (n, entry)
+            continue
+        elif is_uri(i.dir):
+            where = Where(remote.join(i.dir, entry), remote=True)
+        else:
+            where = Where(os.path.join(str(i.dir), entry))
+        _add_entry(cfg, listing, entry, where)
+        for k in range(before, len(listing.keys)):  # a repeated entry (or tar member)
+            key = listing.keys[k]
+            if listing.where[k] is None:
+                continue
+            if key in first_line:
+                listing.where[k] = None
+                listing.preset[k] = (DUPLICATE, f"line {n} repeats line {first_line[key]}; "
+                                     f"the entry was processed once")
+            else:
+                first_line[key] = n
+    if relative_without_dir:
+        n, entry = relative_without_dir
+        raise ConfigError(f"input.list: line {n} ({entry!r}) is a relative path, and input.dir "
+                          f"is not set; set input.dir to the folder (or s3:// prefix) the "
+                          f"list's relative entries are under, or make them absolute")
+    return listing
+
+
+# ----------------------------------------------------------------------------- resuming
+
+def todo(listing: Listing, first: Counter, repeats: Counter) -> List[int]:
+    """Indices of the entries no committed row accounts for. `first`: committed rows per
+    path other than duplicate_entry; `repeats`: duplicate_entry rows per path. A list walked
+    in order consumes them: its k-th occurrence of a path is done while rows remain."""
+    first, repeats = Counter(first), Counter(repeats)
+    out = []
+    for n, key in enumerate(listing.keys):
+        counter = repeats if listing.preset.get(n, ("",))[0] == DUPLICATE else first
+        key = display_path(key)  # as the tables hold it
+        if counter[key] > 0:
+            counter[key] -= 1
+        else:
+            out.append(n)
+    return out
+
+
+def committed_counts(out_dir: Path, manifest) -> Tuple[Counter, Counter]:
+    """(rows per path other than duplicate_entry, duplicate_entry rows per path) over the
+    committed parts."""
+    import pyarrow.parquet as pq
+
+    from estimator_vgg import writer
+    from estimator_vgg.manifest import ERRORS, part_name
+
+    first, repeats = Counter(), Counter()
+    for part in manifest.parts:
+        paths = writer.read_part_paths(out_dir, manifest.output_format, part.index)
+        f = Path(out_dir) / ERRORS / f"{part_name(part.index)}.parquet"
+        reasons = pq.read_table(f, columns=["reason"]).column("reason").to_pylist()
+        n_features = len(paths) - len(reasons)
+        first.update(paths[:n_features])
+        for path, reason in zip(paths[n_features:], reasons):
+            (repeats if reason == DUPLICATE else first)[path] += 1
+    return first, repeats
+
+
+def check_appended(cfg: Config, listing: Listing, out_dir: Path) -> None:
+    """Refuse a list changed other than by appending lines since this output was made from it
+    (ConfigError naming the first line that differs); then record the list as it is now."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from estimator_vgg.writer import commit_file
+
+    if listing.lines is None:
+        return
+    copy = Path(out_dir) / LIST_COPY
+    if copy.is_file():
+        old = pq.read_table(copy).column("entry").to_pylist()
+        new = listing.lines
+        differ = next((k for k, (a, b) in enumerate(zip(old, new)) if a != b), None)
+        if differ is None and len(new) < len(old):
+            differ = len(new)
+        if differ is not None:
+            now = repr(new[differ]) if differ < len(new) else "missing (the list is shorter)"
+            raise ConfigError(
+                f"input.list: line {differ + 1} was {old[differ]!r} in the list output.dir "
+                f"{out_dir} was made from, and is now {now}. A list may only grow by "
+                f"appending lines; restore it, or use another output.dir (or "
+                f"output.overwrite=true to start afresh)")
+        if len(new) == len(old):
+            return
+    table = pa.table({"entry": pa.array(listing.lines, pa.string())})
+    commit_file(copy, lambda tmp: pq.write_table(table, tmp))
+
+
+def describe(cfg: Config, listing: Listing) -> str:
+    """The source and what it holds, for the dry run and the log: `list l.csv (11 lines,
+    relative entries under /d) (5 remote, 3 tars, 1 repeated)`."""
+    i = cfg.input
+    if listing.kind == "list":
+        where = f"list {remote.redact(str(i.list))} ({len(listing.lines)} lines"
+        where += f", relative entries under {remote.redact(str(i.dir))})" if i.dir else ")"
+    elif listing.kind == "prefix":
+        where = f"prefix {remote.redact(str(i.dir))}"
+    else:
+        where = f"folder {i.dir}"
+    dups = sum(1 for r, _ in listing.preset.values() if r == DUPLICATE)
+    extra = [f"{listing.remote} remote", f"{listing.tars} tars"]
+    if dups:
+        extra.append(f"{dups} repeated")
+    return f"{where} ({', '.join(extra)})"
+
+
+# ----------------------------------------------------------------------------- reading back
+
+def read_entry(cfg: Config, key: str) -> bytes:
+    """The bytes of an output row's `path`, read again (neighbors' queries by path, the pages'
+    thumbnails): a file under input.dir, a listed path or URI, or a tar member
+    (`<tar>/<member>`, found by its name in the tar's headers). Raises remote.FetchError."""
+    from estimator_vgg.reader import read_bytes
+
+    at = key.lower().find(".tar/")
+    if at >= 0:
+        tar_key, member = key[:at + 4], key[at + 5:]
+        tar_where = _where_of(cfg, tar_key)
+        listing = Listing("tar")
+        _add_tar(cfg, listing, tar_key, tar_where)
+        for k, w in zip(listing.keys, listing.where):
+            if k == f"{tar_key}/{member}" and w is not None:
+                return read_bytes(cfg, w)
+        raise remote.FetchError("missing", f"{member} is not a member of {remote.redact(tar_key)}")
+    return read_bytes(cfg, _where_of(cfg, key))
+
+
+def _where_of(cfg: Config, key: str) -> Where:
+    i = cfg.input
+    if is_uri(key):
+        return Where(key, remote=True)
+    if os.path.isabs(key):
+        return Where(key)
+    if is_uri(i.dir):
+        return Where(remote.join(i.dir, key), remote=True)
+    return Where(os.path.join(str(i.dir), key))
