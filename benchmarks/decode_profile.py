@@ -74,6 +74,17 @@ def _pipelines(images: Path, threads: int):
                            model={"weights": "synthetic"}, devices={"batch_size": 8},
                            preprocess={"fast_decode": True})
         out["job-fast"] = lambda: input_fn(fast, paths, part_sizes=sizes, skip_bad=True)()
+    try:  # the same local files through the Python stage (what remote entries, tar members,
+        # Pillow and EXIF go through; a local folder takes it only when one of those is needed)
+        from estimator_vgg.reader import Reader
+        from estimator_vgg.sources import Where
+
+        def python_stage():
+            reader = Reader(cfg, [(p, Where(f)) for p, f in zip(paths, files)], {})
+            return input_fn(cfg, paths, part_sizes=sizes, skip_bad=True, reader=reader)()
+        out["job-python"] = python_stage
+    except ImportError:  # a release before the Python stage
+        pass
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads  # no more cores than asked for
     options.autotune.enabled = False

@@ -66,7 +66,7 @@ def run_job(tmp: Path, input_section: dict, out: Path) -> float:
     run = json.loads((out / "manifest.json").read_text())["runs"][-1]
     print(f"  {input_section.get('dir') and 'local ' or 'remote'}: {run['new_features']} images in "
           f"{run['seconds']:.1f} s, first batch after {run['first_batch_s']:.1f} s, input wait "
-          f"share {run['details'].get('input_wait_share')}", flush=True)
+          f"share {run.get('input_wait_share')}", flush=True)
     return run["new_features"] / run["seconds"]
 
 

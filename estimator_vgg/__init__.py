@@ -16,8 +16,8 @@ The names below are imported only when first used, for the same reason.
 """
 __version__ = "0.1.0"
 
-LIGHT_MODULES = ("config", "devices", "downloads", "faults", "listing", "manifest", "plan", "progress",
-                 "recipe", "store", "writer")
+LIGHT_MODULES = ("config", "devices", "downloads", "faults", "listing", "manifest", "plan",
+                 "progress", "reader", "recipe", "remote", "sources", "store", "writer")
 
 _LAZY = {
     "load_config": "estimator_vgg.config",

@@ -238,18 +238,19 @@ def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
         shard = pending.pop(ready[0])
         what = (f"shard {part_name(shard[0].index)}"
                 + (f"..{part_name(shard[-1].index)}" if len(shard) > 1 else "")
-                + f" ({sum(len(p.files) for p in shard)} images from {shard[0].files[0]})")
+                + f" ({sum(len(p.files) for p in shard)} images from "
+                   f"{redact(display_path(shard[0].files[0]))})")
         try:
             result = ray.get(ready[0])
         except rex.RayTaskError as e:
             cause = getattr(e, "cause", None) or e
-            raise JobError(f"{what} failed: {cause}") from None
+            raise JobError(f"{what} failed: {redact(cause)}") from None
         except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError) as e:
             raise JobError(f"{what} was lost {cfg.run.ray.max_retries + 1} times "
                            f"(run.ray.max_retries={cfg.run.ray.max_retries}): "
-                           f"{type(e).__name__}: {e}") from None
+                           f"{type(e).__name__}: {redact(e)}") from None
         except rex.RayError as e:
-            raise JobError(f"{what} failed in Ray: {type(e).__name__}: {e}") from None
+            raise JobError(f"{what} failed in Ray: {type(e).__name__}: {redact(e)}") from None
         if not first_shard_s:
             first_shard_s = time.time() - start
         shards_done += 1

@@ -324,7 +324,9 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         return float(value)
     if tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of options, got {value!r}")
+            # the value is not echoed: it may be a credential given in the wrong place
+            raise ConfigError(f"{key}: expected a mapping of options (key: value), got a "
+                              f"{type(value).__name__}")
         return dict(value)
     if tp in (str, Path):
         if isinstance(value, (datetime.date, datetime.datetime)):
@@ -358,6 +360,10 @@ def _merge_section(tree: dict, cls: Any, name: str, body: Any, origin: str, base
         if dataclasses.is_dataclass(hints[k]):
             _merge_section(tree.setdefault(k, {}), hints[k], f"{name}.{k}", v, origin, base,
                            bases)
+        elif ((_optional_of(hints[k]) or hints[k]) is dict and isinstance(v, dict)
+              and isinstance(tree.get(k), dict)):
+            tree[k] = {**tree[k], **v}  # input.storage_options.key=... adds to the mapping
+            bases[f"{name}.{k}"] = base
         else:
             tree[k] = v
             bases[f"{name}.{k}"] = base
@@ -503,6 +509,8 @@ def _build_section(cls: Any, name: str, tree: dict, bases: dict) -> Any:
 
 
 def _validate(cfg: Config) -> None:
+    from estimator_vgg.downloads import without_query
+
     i, p, m, d, o = cfg.input, cfg.preprocess, cfg.model, cfg.devices, cfg.output
     if i.dir is None and i.list is None:
         raise ConfigError("input.dir is required: the folder of images to embed (or name "
@@ -515,7 +523,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"input.dir: folder {i.dir} does not exist"
                           + (" (it is a file)" if i.dir.exists() else ""))
     if is_uri(i.dir) and i.dir.split("://", 1)[0].lower() not in ("s3", "gs"):
-        raise ConfigError(f"input.dir: {i.dir} is a URI but not an s3:// or gs:// prefix; a "
+        raise ConfigError(f"input.dir: {without_query(i.dir)} is a URI but not an s3:// or gs:// prefix; a "
                           f"folder of images over http(s) cannot be listed: name them in "
                           f"input.list")
     if i.list is not None and not is_uri(i.list):
@@ -526,7 +534,7 @@ def _validate(cfg: Config) -> None:
         from estimator_vgg.sources import LIST_FORMATS
         suffix = os.path.splitext(str(i.list).split("?", 1)[0])[1].lower()
         if suffix not in LIST_FORMATS:
-            raise ConfigError(f"input.list: {i.list} is not a list this job reads; name a "
+            raise ConfigError(f"input.list: {without_query(str(i.list))} is not a list this job reads; name a "
                               f"{', '.join(LIST_FORMATS)} file")
     if i.fallback_decoder not in FALLBACK_DECODERS:
         raise ConfigError(f"input.fallback_decoder: {i.fallback_decoder!r} is not a decoder; "

@@ -12,14 +12,15 @@ import tensorflow as tf
 from estimator_vgg.config import Config
 from estimator_vgg.preprocess import preprocess
 
+MAX_RUNS = 64  # runs of Python-stage and TensorFlow-read parts concatenated, at most
 IN_FLIGHT_PER_THREAD = 4  # images in flight per decode thread (benchmarks/decode_profile.py); each
 # holds a decoded uint8 image, 36 MB for a 12-megapixel photo (more while it is resized)
 
 
 def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = None,
              part_sizes: Optional[Sequence[int]] = None, skip_bad: bool = False,
-             files: Optional[Sequence[str]] = None, reader=None
-             ) -> Callable[[], tf.data.Dataset]:
+             files: Optional[Sequence[str]] = None, reader=None,
+             python_parts: Optional[Sequence[bool]] = None) -> Callable[[], tf.data.Dataset]:
     """The input_fn for `Estimator.predict` over `paths` (relative to `root`, default input.dir).
 
     A step takes `devices.batch_size` images per tower; the last batch may be smaller. The
@@ -33,8 +34,10 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     raising. The caller must account for the missing paths (the runner records each one in
     the errors table); a notebook user wants the error, hence the default.
     files: the local file of each path (default: joined to `root`).
-    reader: a reader.Reader over exactly these paths: their bytes come from its Python stage
+    reader: a reader.Reader: the bytes of the parts it serves come from its Python stage
     (remote objects, tar members, Pillow, EXIF) instead of TensorFlow reading local files.
+    python_parts: which parts it serves (its entries are those parts' paths, in order);
+    default: every part when there is a reader.
     """
     if not paths:
         raise ValueError("input_fn: the list of paths is empty")
@@ -66,12 +69,22 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     read = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
             tf.TensorSpec([], tf.int32))
 
+    # Which parts the Python stage serves: runs of consecutive parts of one kind become one
+    # dataset each, concatenated in order (at most MAX_RUNS: the caller serves all beyond).
+    modes = [reader is not None] * len(sizes) if python_parts is None else list(python_parts)
+    if len(modes) != len(sizes):
+        raise ValueError(f"input_fn: {len(modes)} python_parts for {len(sizes)} parts")
+    runs = [list(g) for _, g in itertools.groupby(range(len(sizes)), key=lambda k: modes[k])]
+    if len(runs) > MAX_RUNS:
+        raise ValueError(f"input_fn: {len(runs)} runs of parts alternate between the Python "
+                         f"stage and TensorFlow, more than {MAX_RUNS}")
+
     def make() -> tf.data.Dataset:
         all_files = tf.constant(files)
         all_keys = tf.constant(keys)
 
-        def part(start, size):
-            if reader is not None:  # the parts pull from one stream, in order
+        def part(start, size, python):
+            if python:  # the Python stage's parts pull from one stream, in order
                 ds = tf.data.Dataset.from_generator(lambda n: reader.take(int(n)), args=(size,),
                                                     output_signature=read)
                 fn = load_bytes
@@ -88,9 +101,16 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
                 ds = ds.ignore_errors()
             return ds.batch(batch)
 
-        ds = tf.data.Dataset.from_tensor_slices((tf.constant(starts, tf.int64),
-                                                 tf.constant(sizes, tf.int64)))
-        ds = ds.filter(lambda start, size: size > 0).flat_map(part).prefetch(prefetch)
+        ds = None
+        for run in runs:
+            python = modes[run[0]]
+            one = tf.data.Dataset.from_tensor_slices((
+                tf.constant([starts[k] for k in run], tf.int64),
+                tf.constant([sizes[k] for k in run], tf.int64)))
+            one = one.filter(lambda start, size: size > 0).flat_map(
+                lambda start, size, python=python: part(start, size, python))
+            ds = one if ds is None else ds.concatenate(one)
+        ds = ds.prefetch(prefetch)
         options = tf.data.Options()
         options.deterministic = True
         # Decoding gets input.decode_threads threads of its own, never more, so on a CPU it

@@ -11,6 +11,7 @@ staging folder. Neither executor reaches into the other.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from estimator_vgg.config import Config
 from estimator_vgg.devices import tower_devices
 from estimator_vgg.estimator import build_estimator
 from estimator_vgg.faults import fault
-from estimator_vgg.input import input_fn
+from estimator_vgg.input import MAX_RUNS, input_fn
 from estimator_vgg.listing import display_path
 from estimator_vgg.remote import redact
 from estimator_vgg.sources import DUPLICATE, Where, python_needed
@@ -169,7 +170,7 @@ class Accountant:
                 if f == rel:
                     return gap
                 gap += 1
-        raise JobError(f"internal error: a row for {rel!r} arrived that the listing does not "
+        raise JobError(f"internal error: a row for {redact(rel)!r} arrived that the listing does not "
                        f"expect at this point; the parts written so far are whole, rerun to "
                        f"resume")
 
@@ -267,24 +268,34 @@ def _stream_rows(cfg: Config, prepared, feed: List[List[int]], parts: List[Part]
     keys = [p.files[k] for p, ks in zip(parts, feed) for k in ks]
     where = [p.where[k] if p.where is not None else None for p, ks in zip(parts, feed)
              for k in ks]
-    reader = None
+    reader, python_parts = None, None
     if any(w is not None for w in where):
         from estimator_vgg.sources import Where as _Where
         where = [w if w is not None else _Where(os.path.join(str(cfg.input.dir), k))
                  for k, w in zip(keys, where)]
-        if python_needed(cfg, where):
+        # Only the parts with an entry that needs Python (a remote read, a tar member, Pillow,
+        # EXIF) go through the Python stage; the others are read by TensorFlow as before.
+        bounds = [0, *itertools.accumulate(len(ks) for ks in feed)]
+        python_parts = [python_needed(cfg, where[a:b]) for a, b in zip(bounds, bounds[1:])]
+        if sum(1 for _ in itertools.groupby(python_parts)) > MAX_RUNS:  # too fragmented
+            python_parts = [True] * len(python_parts)
+        if any(python_parts):
             from estimator_vgg.reader import Reader
-            reader = Reader(cfg, list(zip(keys, where)), read_errors)
+            reader = Reader(cfg, [(keys[i], where[i]) for (a, b), py in
+                                  zip(zip(bounds, bounds[1:]), python_parts) if py
+                                  for i in range(a, b)], read_errors)
+        else:
+            python_parts = None
     files = [w.target for w in where] if any(w is not None for w in where) else None
     try:
         est = build_estimator(cfg, prepared)
         log.info("towers: %s, %d images per step, %d parts%s",
                  ", ".join(tower_devices(cfg.devices)), cfg.devices.batch_size * cfg.towers,
-                 len(feed), f", read by {cfg.input.read_concurrency} Python threads"
-                 if reader is not None else "")
+                 len(feed), f" ({sum(python_parts)} read by the Python stage, "
+                 f"{cfg.input.read_concurrency} threads)" if reader is not None else "")
         predictions = est.predict(
             input_fn(cfg, keys, part_sizes=[len(f) for f in feed], skip_bad=True, files=files,
-                     reader=reader),
+                     reader=reader, python_parts=python_parts),
             yield_single_examples=False, checkpoint_path=prepared.checkpoint,
             hooks=[wait.hook()])
         for batch in predictions:

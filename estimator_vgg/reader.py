@@ -127,6 +127,7 @@ class Reader:
         self._window: collections.deque = collections.deque()
         self._ahead = max(1, cfg.input.read_concurrency)
         self._pool = ThreadPoolExecutor(self._ahead, thread_name_prefix="estimator-vgg-read")
+        self._closed = False
         self._pillow = cfg.input.fallback_decoder == "pillow"
         self._exif = cfg.preprocess.exif_orientation
 
@@ -138,7 +139,7 @@ class Reader:
         return data, (jpeg_orientation(data) if self._exif else 1)
 
     def _fill(self) -> None:
-        while len(self._window) < 2 * self._ahead:
+        while not self._closed and len(self._window) < 2 * self._ahead:
             nxt = next(self._entries, None)
             if nxt is None:
                 return
@@ -149,7 +150,7 @@ class Reader:
         """The next `n` entries that could be read, as (key, bytes, orientation)."""
         for _ in range(n):
             self._fill()
-            if not self._window:
+            if self._closed or not self._window:
                 return
             key, future = self._window.popleft()
             try:
@@ -163,6 +164,7 @@ class Reader:
             yield key.encode("utf-8", "surrogateescape"), data, orientation
 
     def close(self) -> None:
+        self._closed = True  # TensorFlow's generator thread may still be in take()
         for _, f in self._window:
             f.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)

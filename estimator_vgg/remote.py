@@ -37,9 +37,11 @@ def scheme(uri: str) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with the query string of every URL in it cut (signatures, tokens)."""
+    """`text` with the query string of every URL in it cut (signatures, tokens), and any
+    user:password@ in a URL."""
+    text = re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@'\"]+@", r"\1<redacted>@", str(text))
     return re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", r"\1?<redacted>",
-                  str(text))
+                  text)
 
 
 def _missing_extra(key: str, uri: str, package: str) -> Exception:
@@ -148,15 +150,67 @@ def fetch(input_cfg, uri: str, start: Optional[int] = None, end: Optional[int] =
 
 
 def size(input_cfg, uri: str) -> int:
-    try:
-        return int(filesystem(input_cfg, uri).size(uri))
-    except Exception as e:  # noqa: BLE001
-        raise FetchError(*_classify(e)) from None
+    """The size of the object at `uri`, retried as fetch() is."""
+    fs = filesystem(input_cfg, uri)
+    attempts = input_cfg.retries + 1
+    for attempt in range(attempts):
+        try:
+            return int(fs.size(uri))
+        except Exception as e:  # noqa: BLE001
+            reason, message = _classify(e)
+            if reason != "transient":
+                raise FetchError(reason, message) from None
+            if attempt + 1 == attempts:
+                raise FetchError("read_error", f"{message} (after {attempts} attempts)") from None
+            time.sleep(min(MAX_BACKOFF_S, BACKOFF_S * 2 ** attempt))
+    raise AssertionError("unreachable")
 
 
-def open_file(input_cfg, uri: str):
-    """A seekable binary file over `uri` (reads are ranged requests)."""
-    return filesystem(input_cfg, uri).open(uri, "rb")
+class RangeFile:
+    """A read-only, seekable file over a remote object, read in blocks of `block` bytes by
+    fetch() (so every request has its timeout and its retries): what tarfile reads headers
+    through."""
+
+    def __init__(self, input_cfg, uri: str, total: int, block: int = 1 << 20):
+        self.cfg, self.uri, self.total, self.block = input_cfg, uri, total, block
+        self.pos = 0
+        self._cache: dict = {}
+
+    def _block(self, k: int) -> bytes:
+        if k not in self._cache:
+            if len(self._cache) > 8:
+                self._cache.clear()
+            start = k * self.block
+            self._cache[k] = fetch(self.cfg, self.uri, start, min(self.total, start + self.block))
+        return self._cache[k]
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.total if n is None or n < 0 else min(self.total, self.pos + n)
+        out = []
+        while self.pos < end:
+            k, at = divmod(self.pos, self.block)
+            piece = self._block(k)[at:at + end - self.pos]
+            if not piece:
+                break
+            out.append(piece)
+            self.pos += len(piece)
+        return b"".join(out)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: offset, 1: self.pos + offset, 2: self.total + offset}[whence]
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self._cache.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def list_prefix(input_cfg, prefix: str) -> List[str]:

@@ -53,6 +53,7 @@ class Listing:
     where: List[Optional[Where]] = field(default_factory=list)  # None: its row is preset
     preset: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # index: (reason, msg)
     lines: Optional[List[str]] = None  # a list's entries as read (for the append check)
+    labels: Optional[List[str]] = None  # where each is in the list file: "line 7", "row 7"
     tars: int = 0
 
     def add(self, key: str, where: Optional[Where], preset: Optional[Tuple[str, str]] = None):
@@ -128,7 +129,7 @@ def _add_tar(cfg: Config, listing: Listing, key: str, where: Where) -> None:
     try:
         if where.remote:
             total = remote.size(cfg.input, where.target)
-            f = remote.open_file(cfg.input, where.target)
+            f = remote.RangeFile(cfg.input, where.target, total)
         else:
             total = os.path.getsize(where.target)
             f = open(where.target, "rb")
@@ -136,6 +137,8 @@ def _add_tar(cfg: Config, listing: Listing, key: str, where: Where) -> None:
         reason, message = ((e.reason, e.message) if isinstance(e, remote.FetchError) else
                            ("missing" if isinstance(e, FileNotFoundError) else "read_error",
                             e.strerror or str(e)))
+        if reason == "read_error" and where.remote:  # a server that keeps failing
+            raise _unreadable_tar(key, message) from None
         listing.add(key, None, (reason, remote.redact(message)))
         return
     damage, end = None, 0
@@ -154,13 +157,17 @@ def _add_tar(cfg: Config, listing: Listing, key: str, where: Where) -> None:
                 if m.isfile() and _ext(m.name) in exts:
                     listing.add(f"{key}/{m.name}", Where(where.target, where.remote,
                                                         m.offset_data, m.size))
-        except (tarfile.TarError, EOFError, OSError, remote.FetchError) as e:
+        except remote.FetchError as e:  # the headers could not be read: not the tar's fault
+            raise _unreadable_tar(key, e.message) from None
+        except (tarfile.TarError, EOFError, OSError) as e:
             damage = f"{type(e).__name__}: {e}"
         if damage is None:  # tarfile stops quietly at a bad header past the first one
             try:
                 f.seek(end)
                 tail = f.read(2 * tarfile.BLOCKSIZE)
-            except (OSError, remote.FetchError) as e:
+            except remote.FetchError as e:
+                raise _unreadable_tar(key, e.message) from None
+            except OSError as e:
                 tail, damage = b"", f"{type(e).__name__}: {e}"
             if damage is None and (len(tail) < 2 * tarfile.BLOCKSIZE or tail.strip(b"\0")):
                 damage = (f"no valid header or end-of-archive marker at byte {end} of {total}: "
@@ -170,9 +177,18 @@ def _add_tar(cfg: Config, listing: Listing, key: str, where: Where) -> None:
                                       "before the damage were read"))
 
 
-def read_list(cfg: Config) -> List[str]:
-    """The entries of input.list, in order (ConfigError naming the file when it cannot be
-    used: missing, unreadable, empty, or without the column)."""
+def _unreadable_tar(key: str, message: str) -> Exception:
+    from estimator_vgg.listing import ListingError
+    return ListingError(f"cannot read the headers of the tar {remote.redact(key)} "
+                        f"({remote.redact(message)}), so its members cannot be listed; the job "
+                        f"stops before any work. Rerun when the server answers (raise "
+                        f"input.retries or input.request_timeout_s), or remove the entry")
+
+
+def read_list(cfg: Config) -> Tuple[List[str], List[str]]:
+    """The entries of input.list, in order, and where each one is in the file (`line 7` of a
+    .txt or .jsonl, `row 7` of a table under its header); ConfigError naming the file when it
+    cannot be used: missing, unreadable, empty, or without the column."""
     i = cfg.input
     name = remote.redact(str(i.list))
     suffix = "." + _ext(str(i.list))
@@ -189,13 +205,16 @@ def read_list(cfg: Config) -> List[str]:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ConfigError(f"input.list: {name} is not UTF-8 text ({e})") from None
-        entries = [line.rstrip("\r") for line in text.split("\n")]
-        entries = [e for e in entries if e.strip()]
+        lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1)]
+        lines = [(n, e) for n, e in lines if e.strip()]  # blank lines are not entries
+        entries, labels = [e for _, e in lines], [f"line {n}" for n, _ in lines]
     else:
         entries = _table_column(data, suffix, i.path_column, name)
+        word = "line" if suffix == ".jsonl" else "row"
+        labels = [f"{word} {n}" for n in range(1, len(entries) + 1)]
     if not entries:
         raise ConfigError(f"input.list: {name} names no image (it is empty)")
-    return entries
+    return entries, labels
 
 
 def _table_column(data: bytes, suffix: str, column: str, name: str) -> List[str]:
@@ -227,20 +246,25 @@ def _table_column(data: bytes, suffix: str, column: str, name: str) -> List[str]
 
 def _from_list(cfg: Config) -> Listing:
     i = cfg.input
-    entries = read_list(cfg)
-    listing = Listing("list", lines=entries)
-    first_line: Dict[str, int] = {}
+    entries, labels = read_list(cfg)
+    listing = Listing("list", lines=entries, labels=labels)
+    first: Dict[str, str] = {}   # key -> the label of the line that processes it
     handled: Dict[str, bool] = {}
     relative_without_dir = None
-    for n, entry in enumerate(entries, start=1):
+    for entry, label in zip(entries, labels):
         before = len(listing.keys)
         if not entry.strip():
-            listing.add(entry, None, ("empty_entry", f"line {n} of the list is empty"))
+            listing.add(entry, None, ("empty_entry", f"{label} of the list is empty"))
             continue
+        if entry in first:  # a repeated line, whatever it names (a tar: one row for the line)
+            listing.add(entry, None, (DUPLICATE, f"{label} repeats {first[entry]}; the entry "
+                                      f"was processed once"))
+            continue
+        first[entry] = label
         if is_uri(entry):
             s = remote.scheme(entry)
             if s not in handled:
-                handled[s] = remote.check_scheme(f"input.list line {n}", entry)
+                handled[s] = remote.check_scheme(f"input.list {label}", entry)
             if not handled[s]:
                 listing.add(entry, None, ("unsupported_uri", f"no installed filesystem reads "
                                           f"{s}:// URIs"))
@@ -249,26 +273,26 @@ def _from_list(cfg: Config) -> Listing:
         elif os.path.isabs(entry):
             where = Where(entry)
         elif i.dir is None:
-            relative_without_dir = relative_without_dir or (n, entry)
+            relative_without_dir = relative_without_dir or (label, entry)
             continue
         elif is_uri(i.dir):
             where = Where(remote.join(i.dir, entry), remote=True)
         else:
             where = Where(os.path.join(str(i.dir), entry))
         _add_entry(cfg, listing, entry, where)
-        for k in range(before, len(listing.keys)):  # a repeated entry (or tar member)
+        for k in range(before, len(listing.keys)):  # tar members named twice
             key = listing.keys[k]
-            if listing.where[k] is None:
+            if key == entry or listing.where[k] is None:
                 continue
-            if key in first_line:
+            if key in first:
                 listing.where[k] = None
-                listing.preset[k] = (DUPLICATE, f"line {n} repeats line {first_line[key]}; "
-                                     f"the entry was processed once")
+                listing.preset[k] = (DUPLICATE, f"{key} ({label}) repeats {first[key]}; the "
+                                     f"entry was processed once")
             else:
-                first_line[key] = n
+                first[key] = label
     if relative_without_dir:
-        n, entry = relative_without_dir
-        raise ConfigError(f"input.list: line {n} ({entry!r}) is a relative path, and input.dir "
+        label, entry = relative_without_dir
+        raise ConfigError(f"input.list: {label} ({entry!r}) is a relative path, and input.dir "
                           f"is not set; set input.dir to the folder (or s3:// prefix) the "
                           f"list's relative entries are under, or make them absolute")
     return listing
@@ -331,8 +355,9 @@ def check_appended(cfg: Config, listing: Listing, out_dir: Path) -> None:
             differ = len(new)
         if differ is not None:
             now = repr(new[differ]) if differ < len(new) else "missing (the list is shorter)"
+            label = listing.labels[differ] if differ < len(new) else f"entry {differ + 1}"
             raise ConfigError(
-                f"input.list: line {differ + 1} was {old[differ]!r} in the list output.dir "
+                f"input.list: {label} was {old[differ]!r} in the list output.dir "
                 f"{out_dir} was made from, and is now {now}. A list may only grow by "
                 f"appending lines; restore it, or use another output.dir (or "
                 f"output.overwrite=true to start afresh)")

@@ -5,7 +5,8 @@ and stops when its `with` block ends, also when the test fails.
         srv.url("/w.h5"); srv.hits["/w.h5"]
 
 It can misbehave the way real servers do: `faults={"/a.jpg": ["500", "reset", "slow"]}`
-answers the first requests of a path with those, in order, then serves it; `status={"/p":
+answers the first requests of a path with those, in order ("ok": served as usual), then
+serves it; `status={"/p":
 403}` answers a path with that status every time; `delay_s` adds latency to every request.
 Byte ranges (`Range: bytes=a-b`) and HEAD are served, as object stores do.
 """
@@ -35,6 +36,8 @@ class _Handler(BaseHTTPRequestHandler):
             srv.hits[path] += 1
             queue = srv.faults.get(path)
             fault = queue.pop(0) if queue else None
+        if fault == "ok":  # this request is served as usual
+            fault = None
         if srv.delay_s:
             time.sleep(srv.delay_s)
         if fault == "reset":  # the connection dropped mid-request: RST, no answer

@@ -233,12 +233,51 @@ def test_a_killed_remote_list_run_resumes_to_the_uninterrupted_output(tmp_path):
         inp = {"list": str(lst)}
         whole = run_yaml(tmp_path, inp, tmp_path / "whole", "output.rows_per_part=2")
         assert whole.returncode == 0, whole.stderr[-3000:]
+        srv.faults["/chelsea_cat.JPG"] = ["500"]  # every run meets a transient failure
         killed = run_yaml(tmp_path, inp, tmp_path / "out", "output.rows_per_part=2",
                           fault="part_files:2")
-        assert killed.returncode != 0
+        assert killed.returncode != 0 and (tmp_path / "out" / "manifest.json").is_file()
+        srv.faults["/chelsea_cat.JPG"] = ["500"]
         again = run_yaml(tmp_path, inp, tmp_path / "out", "output.rows_per_part=2")
         assert again.returncode == 0, again.stderr[-3000:]
     a = pd.read_parquet(tmp_path / "whole" / "features")
     b = pd.read_parquet(tmp_path / "out" / "features")
     assert a["path"].tolist() == b["path"].tolist() == [srv.url(f"/{n}") for n in names]
     np.testing.assert_array_equal(np.stack(a["fc7"]), np.stack(b["fc7"]))
+
+
+def test_a_remote_tar_whose_headers_cannot_be_read_stops_before_any_work(tmp_path):
+    from conftest import make_config
+    from estimator_vgg import sources
+    from estimator_vgg.listing import ListingError
+
+    shard = _tar([(f"s/{n}", (DEMO / n).read_bytes()) for n in LOOSE])
+    with serve({"/s.tar": shard}, faults={"/s.tar": ["ok"] + ["500"] * 20}) as srv:
+        lst = tmp_path / "l.txt"
+        lst.write_text(srv.url("/s.tar?sig=s3cr3t") + "\n" + srv.url("/gone.tar") + "\n")
+        cfg = make_config(tmp_path, input={"list": str(lst), "expand_tars": True,
+                                           "retries": 1})
+        with pytest.raises(ListingError, match="cannot read the headers of the tar") as e:
+            sources.build(cfg)
+        assert "s3cr3t" not in str(e.value)
+        srv.faults.clear()  # the server answers again: the members, and the missing tar's row
+        listing = sources.build(cfg)
+    assert [k.rsplit("/", 1)[-1] for k in listing.keys[:4]] == LOOSE
+    assert listing.preset == {4: listing.preset[4]} and listing.preset[4][0] == "missing"
+
+
+def test_only_the_parts_that_need_python_go_through_it(tmp_path, local_output):
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    (d / "zz").mkdir(parents=True)
+    for n in LOOSE:
+        shutil.copy(DEMO / n, d / n)
+    Image.open(DEMO / "chelsea_cat.JPG").save(d / "zz" / "cat.webp", lossless=True)
+    r = run_yaml(tmp_path, {"dir": str(d)}, tmp_path / "out", "output.rows_per_part=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "3 parts (1 read by the Python stage, 32 threads)" in r.stderr
+    fc7, _ = _fc7(tmp_path / "out")
+    for n in LOOSE:  # read by TensorFlow, as from a folder of JPEGs, PNGs and GIFs only
+        np.testing.assert_array_equal(fc7[n], local_output[n])
+    assert "zz/cat.webp" in fc7

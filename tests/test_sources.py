@@ -37,8 +37,10 @@ def test_every_list_format_gives_its_entries_in_order_with_repeats_marked(tmp_pa
     listing = sources.build(make_config(tmp_path, input={"list": str(lst)}))
     assert listing.kind == "list" and listing.keys == ENTRIES and listing.lines == ENTRIES
     assert listing.where[0].target == str(DEMO / "chelsea_cat.JPG")
-    assert listing.preset == {3: ("duplicate_entry", "line 4 repeats line 1; the entry was "
-                                  "processed once")}
+    first, dup = ("row 1", "row 4") if suffix in (".csv", ".tsv", ".parquet") else \
+        ("line 1", "line 4")
+    assert listing.preset == {3: ("duplicate_entry", f"{dup} repeats {first}; the entry was "
+                                  f"processed once")}
     assert listing.where[3] is None  # never read again
 
 
@@ -87,7 +89,7 @@ def test_a_list_may_grow_by_appending_and_nothing_else(tmp_path):
                                           r"output.dir .* is now 'camera_gray.png'"):
         sources.check_appended(cfg, sources.build(cfg), out)
     _write_list(lst, ENTRIES[:2])
-    with pytest.raises(ConfigError, match="line 3 was 'coffee_small.jpg' .* missing"):
+    with pytest.raises(ConfigError, match="entry 3 was 'coffee_small.jpg' .* missing"):
         sources.check_appended(cfg, sources.build(cfg), out)
 
 
@@ -169,10 +171,13 @@ def test_a_uri_without_the_remote_extra_stops_before_any_work_saying_how_to_inst
     assert "s3://bucket/a.jpg needs s3fs, which is not installed" in r.stderr
     assert "ESTIMATOR_VGG_REMOTE=1 ./run.sh" in r.stderr
     assert not (tmp_path / "out").exists()
-    # a scheme nothing handles, even with the extra, is a row of its own
-    lst.write_text("nosuch://x/a.jpg\n")
+    # a scheme nothing handles, even with the extra, is a row of its own; its repeat (after a
+    # blank line, which is no entry) is a repeat like any other
+    lst.write_text("nosuch://x/a.jpg\n\nnosuch://x/a.jpg\n")
     listing = sources.build(make_config(tmp_path, input={"list": str(lst)}))
     assert listing.preset[0][0] == "unsupported_uri"
+    assert listing.preset[1] == ("duplicate_entry", "line 3 repeats line 1; the entry was "
+                                 "processed once")
 
 
 def test_secrets_are_redacted_in_the_recorded_config_and_command(tmp_path):
