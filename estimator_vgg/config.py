@@ -28,6 +28,7 @@ EXECUTORS = ("local", "ray")
 # instead of being skipped unseen.
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp")
 FALLBACK_DECODERS = ("pillow", "none")
+LIST_FORMATS = (".csv", ".tsv", ".parquet", ".jsonl", ".txt")  # what input.list may be
 
 
 class ConfigError(ValueError):
@@ -517,8 +518,11 @@ def _validate(cfg: Config) -> None:
                           "them in input.list)")
     for key, v in (("input.dir", i.dir), ("input.list", i.list)):
         if is_uri(v):
-            from estimator_vgg.remote import check_scheme
-            check_scheme(key, v)  # the remote extra installed and the scheme handled
+            from estimator_vgg.remote import ExtraMissing, check_scheme
+            try:
+                check_scheme(key, v)  # the remote extra installed for the scheme
+            except ExtraMissing as e:
+                raise ConfigError(str(e)) from None
     if i.dir is not None and not is_uri(i.dir) and not i.dir.is_dir():
         raise ConfigError(f"input.dir: folder {i.dir} does not exist"
                           + (" (it is a file)" if i.dir.exists() else ""))
@@ -531,7 +535,6 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"input.list: file {i.list} does not exist"
                               + (" (it is a folder)" if i.list.exists() else ""))
     if i.list is not None:
-        from estimator_vgg.sources import LIST_FORMATS
         suffix = os.path.splitext(str(i.list).split("?", 1)[0])[1].lower()
         if suffix not in LIST_FORMATS:
             raise ConfigError(f"input.list: {without_query(str(i.list))} is not a list this job reads; name a "

@@ -126,8 +126,8 @@ class Accountant:
             return probe.classify(i.dir, rel, i.max_pixels, i.follow_external_symlinks, scaled)
         if not where.remote and not where.member:  # a listed local file: named, so followed
             return probe.classify("", where.target, i.max_pixels, True, scaled)
-        from estimator_vgg.reader import read_bytes
         from estimator_vgg.remote import FetchError
+        from estimator_vgg.sources import read_bytes
         try:
             data = read_bytes(self.cfg, where)
         except FetchError as e:

@@ -15,42 +15,16 @@ from __future__ import annotations
 
 import collections
 import io
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterator, Sequence, Tuple
 
 from estimator_vgg import remote
 from estimator_vgg.config import Config
 from estimator_vgg.remote import FetchError
-from estimator_vgg.sources import Where
+from estimator_vgg.sources import Where, read_bytes
 
 TF_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM")
 ErrorRow = Tuple[str, str]
-
-
-def read_bytes(cfg: Config, where: Where) -> bytes:
-    """The bytes an entry names: a local file, a URI, or a tar member's range of either."""
-    if where.remote:
-        if where.member:
-            return remote.fetch(cfg.input, where.target, where.offset, where.offset + where.size)
-        return remote.fetch(cfg.input, where.target)
-    try:
-        with open(where.target, "rb") as f:
-            if where.member:
-                f.seek(where.offset)
-                return f.read(where.size)
-            return f.read()
-    except FileNotFoundError as e:
-        if os.path.islink(where.target):
-            raise FetchError("dangling_symlink", f"symlink to {os.readlink(where.target)}, "
-                             f"which does not exist") from None
-        raise FetchError("missing", f"{e.strerror} (removed during the run?)") from None
-    except PermissionError as e:
-        raise FetchError("permission_denied", e.strerror) from None
-    except IsADirectoryError:
-        raise FetchError("not_a_file", "a folder named like an image") from None
-    except OSError as e:
-        raise FetchError("read_error", e.strerror or str(e)) from None
 
 
 def jpeg_orientation(data: bytes) -> int:

@@ -24,6 +24,10 @@ BACKOFF_S = 0.25  # first retry after this, doubling, at most MAX_BACKOFF_S
 MAX_BACKOFF_S = 8.0
 
 
+class ExtraMissing(ValueError):
+    """A URI whose filesystem package is not installed; config turns it into a ConfigError."""
+
+
 class FetchError(OSError):
     """An entry that cannot be read: `reason` is the errors table's, `message` says why."""
 
@@ -45,14 +49,14 @@ def redact(text: str) -> str:
 
 
 def _missing_extra(key: str, uri: str, package: str) -> Exception:
-    from estimator_vgg.config import ConfigError
-    return ConfigError(f"{key}: {redact(uri)} needs {package}, which is not installed: {INSTALL}")
+    return ExtraMissing(f"{key}: {redact(uri)} needs {package}, which is not installed: {INSTALL}")
 
 
 def check_scheme(key: str, uri: str) -> bool:
     """Whether an installed filesystem handles `uri`'s scheme. A scheme this job knows whose
-    package is missing raises ConfigError (exit 2) saying how to install it; a scheme nothing
-    handles returns False (the entry's row: `unsupported_uri`)."""
+    package is missing raises ExtraMissing saying how to install it; a scheme nothing
+    handles returns False (the entry's row: `unsupported_uri`). ExtraMissing when the scheme
+    is one this job reads and its package is not installed."""
     s = scheme(uri)
     try:
         import fsspec
@@ -131,14 +135,13 @@ def _classify(e: BaseException) -> Tuple[str, str]:
     return "read_error", message
 
 
-def fetch(input_cfg, uri: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
-    """The bytes of `uri` (or of [start, end)), retried input.retries times with backoff when
-    the failure is transient; FetchError(missing | permission_denied | read_error) otherwise."""
-    fs = filesystem(input_cfg, uri)
+def _retried(input_cfg, call):
+    """call(), retried input.retries times with backoff while it fails transiently;
+    FetchError(missing | permission_denied | read_error) otherwise."""
     attempts = input_cfg.retries + 1
     for attempt in range(attempts):
         try:
-            return fs.cat_file(uri, start=start, end=end)
+            return call()
         except Exception as e:  # noqa: BLE001 - every failure becomes a reason
             reason, message = _classify(e)
             if reason != "transient":
@@ -149,21 +152,16 @@ def fetch(input_cfg, uri: str, start: Optional[int] = None, end: Optional[int] =
     raise AssertionError("unreachable")
 
 
+def fetch(input_cfg, uri: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+    """The bytes of `uri` (or of [start, end)), retried while the failure is transient."""
+    fs = filesystem(input_cfg, uri)
+    return _retried(input_cfg, lambda: fs.cat_file(uri, start=start, end=end))
+
+
 def size(input_cfg, uri: str) -> int:
     """The size of the object at `uri`, retried as fetch() is."""
     fs = filesystem(input_cfg, uri)
-    attempts = input_cfg.retries + 1
-    for attempt in range(attempts):
-        try:
-            return int(fs.size(uri))
-        except Exception as e:  # noqa: BLE001
-            reason, message = _classify(e)
-            if reason != "transient":
-                raise FetchError(reason, message) from None
-            if attempt + 1 == attempts:
-                raise FetchError("read_error", f"{message} (after {attempts} attempts)") from None
-            time.sleep(min(MAX_BACKOFF_S, BACKOFF_S * 2 ** attempt))
-    raise AssertionError("unreachable")
+    return _retried(input_cfg, lambda: int(fs.size(uri)))
 
 
 class RangeFile:

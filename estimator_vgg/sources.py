@@ -27,7 +27,6 @@ from estimator_vgg.manifest import LIST_COPY
 
 log = logging.getLogger(__name__)
 
-LIST_FORMATS = (".csv", ".tsv", ".parquet", ".jsonl", ".txt")
 TF_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "bmp"})  # TensorFlow decodes these
 DUPLICATE = "duplicate_entry"
 
@@ -92,6 +91,31 @@ def _ext(name: str) -> str:
 
 def _is_tar(name: str) -> bool:
     return _ext(name) == "tar"
+
+
+def read_bytes(cfg: Config, where: Where) -> bytes:
+    """The bytes an entry names: a local file, a URI, or a tar member's range of either."""
+    if where.remote:
+        if where.member:
+            return remote.fetch(cfg.input, where.target, where.offset, where.offset + where.size)
+        return remote.fetch(cfg.input, where.target)
+    try:
+        with open(where.target, "rb") as f:
+            if where.member:
+                f.seek(where.offset)
+                return f.read(where.size)
+            return f.read()
+    except FileNotFoundError as e:
+        if os.path.islink(where.target):
+            raise remote.FetchError("dangling_symlink", f"symlink to {os.readlink(where.target)}"
+                                    f", which does not exist") from None
+        raise remote.FetchError("missing", f"{e.strerror} (removed during the run?)") from None
+    except PermissionError as e:
+        raise remote.FetchError("permission_denied", e.strerror) from None
+    except IsADirectoryError:
+        raise remote.FetchError("not_a_file", "a folder named like an image") from None
+    except OSError as e:
+        raise remote.FetchError("read_error", e.strerror or str(e)) from None
 
 
 # ----------------------------------------------------------------------------- building
@@ -264,7 +288,10 @@ def _from_list(cfg: Config) -> Listing:
         if is_uri(entry):
             s = remote.scheme(entry)
             if s not in handled:
-                handled[s] = remote.check_scheme(f"input.list {label}", entry)
+                try:
+                    handled[s] = remote.check_scheme(f"input.list {label}", entry)
+                except remote.ExtraMissing as e:
+                    raise ConfigError(str(e)) from None
             if not handled[s]:
                 listing.add(entry, None, ("unsupported_uri", f"no installed filesystem reads "
                                           f"{s}:// URIs"))
@@ -391,8 +418,6 @@ def read_entry(cfg: Config, key: str) -> bytes:
     """The bytes of an output row's `path`, read again (neighbors' queries by path, the pages'
     thumbnails): a file under input.dir, a listed path or URI, or a tar member
     (`<tar>/<member>`, found by its name in the tar's headers). Raises remote.FetchError."""
-    from estimator_vgg.reader import read_bytes
-
     at = key.lower().find(".tar/")
     if at >= 0:
         tar_key, member = key[:at + 4], key[at + 5:]

@@ -115,6 +115,20 @@ def tables(out):
     return pd.read_parquet(out / "features"), pd.read_parquet(out / "errors")
 
 
+def make_tar(members):
+    """The bytes of an uncompressed tar holding (name, data) members, in order."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def rel_diff(a, b):
     """Per-row relative L2 difference."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

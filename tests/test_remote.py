@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import DEMO, ROOT, run_py, tables
+from conftest import DEMO, ROOT, make_tar, run_py, tables
 from http_files import serve
 from s3_server import s3
 
@@ -104,14 +104,6 @@ def test_http_failures_are_retried_or_recorded_and_every_line_is_accounted_for(t
     assert "(after 3 attempts)" in errors.set_index("reason").loc["read_error", "message"]
 
 
-def _tar(members):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.fixture()
@@ -124,7 +116,7 @@ def mixed(tmp_path):
     (d / "sub").mkdir(parents=True)
     for n in LOOSE[:2]:
         shutil.copy(DEMO / n, d / n)
-    shard = _tar([(f"s/{n}", (DEMO / n).read_bytes()) for n in LOOSE])
+    shard = make_tar([(f"s/{n}", (DEMO / n).read_bytes()) for n in LOOSE])
     (d / "shard.tar").write_bytes(shard)
     with tarfile.open(fileobj=io.BytesIO(shard)) as t:
         cut = t.getmember("s/coffee_small.jpg").offset_data + 50
@@ -251,7 +243,7 @@ def test_a_remote_tar_whose_headers_cannot_be_read_stops_before_any_work(tmp_pat
     from estimator_vgg import sources
     from estimator_vgg.listing import ListingError
 
-    shard = _tar([(f"s/{n}", (DEMO / n).read_bytes()) for n in LOOSE])
+    shard = make_tar([(f"s/{n}", (DEMO / n).read_bytes()) for n in LOOSE])
     with serve({"/s.tar": shard}, faults={"/s.tar": ["ok"] + ["500"] * 20}) as srv:
         lst = tmp_path / "l.txt"
         lst.write_text(srv.url("/s.tar?sig=s3cr3t") + "\n" + srv.url("/gone.tar") + "\n")

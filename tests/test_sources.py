@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, ROOT, make_config, run_py
+from conftest import DEMO, make_config, make_tar, run_py
 from estimator_vgg import sources
 from estimator_vgg.config import ConfigError
 
@@ -93,20 +93,12 @@ def test_a_list_may_grow_by_appending_and_nothing_else(tmp_path):
         sources.check_appended(cfg, sources.build(cfg), out)
 
 
-def _tar(members):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_a_tar_shard_is_its_image_members_and_a_damaged_one_says_where(tmp_path):
     jpg = (DEMO / "coffee_small.jpg").read_bytes()
     png = (DEMO / "camera_gray.png").read_bytes()
-    whole = _tar([("x/a.jpg", jpg), ("notes.txt", b"hello"), ("x/b.png", png)])
+    whole = make_tar([("x/a.jpg", jpg), ("notes.txt", b"hello"), ("x/b.png", png)])
     d = tmp_path / "imgs"
     d.mkdir()
     (d / "shard.tar").write_bytes(whole)
