@@ -3,12 +3,13 @@
 # installs the package through the lock file constraints-py311.txt; later runs reuse it (and
 # reinstall when setup.cfg, pyproject.toml or the lock change). Details: docs/install.md.
 #   ./run.sh CONFIG.yaml [section.key=value ...]   run the job
-#   ./run.sh test [pytest args ...]                 run the test suite (installs Ray too)
+#   ./run.sh test [pytest args ...]                 run the test suite (installs Ray, faiss too)
 #   ./run.sh test --quick [pytest args ...]         the inner-loop tier, under 2 minutes
 #   ESTIMATOR_VGG_RAY=1 ./run.sh CONFIG.yaml ...    also install Ray, for run.executor: ray
 #   ESTIMATOR_VGG_GPU=1 ./run.sh CONFIG.yaml ...    also install TensorFlow's CUDA 12 and cuDNN
 #                                                   pip packages, for a GPU machine (NVIDIA
 #                                                   driver needed; about 2 GB more, once)
+#   ESTIMATOR_VGG_SEARCH=1 ./run.sh ...             also install faiss, for `estimator-vgg index`
 #   ESTIMATOR_VGG_BENCH=1 ./run.sh ...              also install Pillow, for benchmarks/
 #                                                   (an installed extra stays installed)
 #   PYTHON=/path/to/python3.11 ./run.sh ...         choose the interpreter for a new .venv
@@ -50,8 +51,9 @@ pick_python() {
 # Reinstall when the package metadata or the lock change.
 stamp() { cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$LOCK" | cksum | cut -d' ' -f1; }
 
-# Extras to install: the tests need Ray (they start a Ray cluster); a job needs it only for
-# run.executor: ray, asked for with ESTIMATOR_VGG_RAY=1. ESTIMATOR_VGG_GPU=1 adds the gpu extra
+# Extras to install: the tests need Ray (they start a Ray cluster) and faiss (the search
+# tests); a job needs Ray only for run.executor: ray, asked for with ESTIMATOR_VGG_RAY=1, and
+# faiss only for `estimator-vgg index`, asked for with ESTIMATOR_VGG_SEARCH=1. ESTIMATOR_VGG_GPU=1 adds the gpu extra
 # (TensorFlow's CUDA pip packages), ESTIMATOR_VGG_BENCH=1 the bench extra. Once installed, an
 # extra stays: $1 is the extras the stamp says are installed.
 want_extras() {
@@ -59,9 +61,12 @@ want_extras() {
   case "$have" in *,ray,*) ;; *)
     if [ "$cmd" = "test" ] || [ "${ESTIMATOR_VGG_RAY:-0}" = "1" ]; then have="$have,ray,"; fi ;;
   esac
+  case "$have" in *,search,*) ;; *)
+    if [ "$cmd" = "test" ] || [ "${ESTIMATOR_VGG_SEARCH:-0}" = "1" ]; then have="$have,search,"; fi ;;
+  esac
   [ "${ESTIMATOR_VGG_GPU:-0}" = "1" ] && have="$have,gpu,"
   [ "${ESTIMATOR_VGG_BENCH:-0}" = "1" ] && have="$have,bench,"
-  for x in ray gpu bench; do
+  for x in ray search gpu bench; do
     case "$have" in *,"$x",*) out="$out,$x" ;; esac
   done
   echo "$out"
@@ -116,7 +121,7 @@ bootstrap() {
 }
 
 if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   if [ -x "$VENV/bin/python" ]; then echo; exec "$VENV/bin/python" -m estimator_vgg --help; fi
   exit 0
 fi
