@@ -57,7 +57,6 @@ def write_features(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
     matrix = np.asarray(matrix, np.float32).reshape(len(paths), FC7_DIM)
     if fmt == "parquet":
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         table = pa.table({
             "path": pa.array(list(paths), pa.string()),
@@ -300,6 +299,12 @@ def _read_existing_part(out_dir: Path, fmt: str, f: Path, out: Optional[np.ndarr
         return _read_part(fmt, f, out)
     except FileNotFoundError:
         raise _damaged(Path(out_dir), fmt, f.name.split(".")[0]) from None
+
+
+def read_part(out_dir: Path, fmt: str, index: int) -> Tuple[List[str], np.ndarray]:
+    """(paths, fc7) of the committed part `index`."""
+    f = Path(out_dir) / FEATURES / f"{part_name(index)}{_EXT[fmt]}"
+    return _read_existing_part(Path(out_dir), fmt, f)
 
 
 def iter_parts(out_dir: Path, skip: int = 0) -> Iterator[Tuple[List[str], np.ndarray]]:
