@@ -354,5 +354,5 @@ def index_main(argv: List[str]) -> int:
         return 1
     say(f"{'built' if r.fresh else 'updated'} {r.record.describe()} in "
         f"{Path(args.output) / 'index'} ({r.added_parts} parts, {r.added_rows} rows added, "
-        f"{r.seconds:.1f} s); scores: {r.record.scores_are()}")
+        f"{r.seconds:.1f} s); neighbors' scores: {r.record.scores_are(rescored=True)}")
     return 0

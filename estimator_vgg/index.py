@@ -21,15 +21,17 @@ output and then adds part by part, so peak memory is the sample, one part and th
                       output_id, the kind, PCA, nprobe (written last: the index is what it says)
   vectors.faiss       the faiss index over the codes (ids: row numbers, in the covered parts'
                       order)
-  transform.faiss     the PCA (with --pca)
+  pca.npz             the PCA (with --pca): mean, components, their scale
   codes.f32           the codes as float32 [rows, DIMS] (with --pca): queries by path,
                       re-scoring of ivfpq candidates, the duplicate search's queries
+  offsets.i64         int64 per row: where its 4096 floats start in its part's file (-1 when
+                      the part is not in writer's fast layout), to re-score candidates on the
+                      full fc7 by reading just those rows
   paths.parquet       the path of each row
   duplicates.parquet  pairs written by `neighbors --duplicates` (path_a, path_b, score)
 """
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
@@ -51,8 +53,9 @@ log = logging.getLogger(__name__)
 INDEX_DIR = "index"
 RECORD = "index.json"
 VECTORS = "vectors.faiss"
-TRANSFORM = "transform.faiss"
+TRANSFORM = "pca.npz"
 CODES = "codes.f32"
+OFFSETS = "offsets.i64"
 PATHS = "paths.parquet"
 DUPLICATES = "duplicates.parquet"
 RECORD_VERSION = 1
@@ -61,7 +64,9 @@ DEFAULT_MEMORY_MB = 4096
 FLAT_MAX_ROWS = 50_000      # auto: exact (flat) search up to here; above, an inverted file
 DEFAULT_NPROBE = 16
 HNSW_M = 32
-RERANK = 4                  # ivfpq with stored codes: k * RERANK candidates re-scored exactly
+CANDIDATES = 10             # re-scoring: k * CANDIDATES candidates from the codes (at least 100)
+DUP_MARGIN = 0.02           # re-scoring duplicates: candidates at threshold - margin on codes
+ROW_BYTES = FC7_DIM * 4
 
 INSTALL_HINT = ("faiss is not installed: the index needs the search extra. Install it with "
                 "`ESTIMATOR_VGG_SEARCH=1 ./run.sh neighbors --help` (run.sh's venv) or `pip "
@@ -108,9 +113,13 @@ class Record:
         """Scores are cosines of the full fc7 (not of reduced or compressed codes)."""
         return self.pca is None and self.kind != "ivfpq"
 
-    def scores_are(self) -> str:
+    def scores_are(self, rescored: bool = False) -> str:
         if self.keeps_fc7:
             return "cosine similarity of fc7"
+        if rescored:
+            codes = f"{self.pca}-d PCA codes" if self.pca else "ivfpq codes"
+            return (f"cosine similarity of fc7 (candidates from the {codes}, re-scored on the "
+                    f"full fc7 read from the parts)")
         if self.pca is not None:
             return (f"cosine similarity of {self.pca}-d PCA codes{' (whitened)' if self.whiten else ''}, "
                     f"not of the full fc7")
@@ -166,6 +175,46 @@ def _check_belongs(record: Record, manifest: Manifest, out_dir: Path) -> List[in
 
 def _read_part(out_dir: Path, fmt: str, index: int) -> Tuple[List[str], np.ndarray]:
     return writer.read_part(out_dir, fmt, index)
+
+
+class Pca:
+    """x -> (x - mean) @ components.T * scale: the first principal components, whitened
+    (scale = 1 / standard deviation) or not (scale = 1). Learnt from the sample's Gram matrix
+    (one sgemm) and a symmetric eigendecomposition."""
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray, scale: np.ndarray):
+        self.mean = mean.astype(np.float32)
+        self.components = np.ascontiguousarray(components, np.float32)
+        self.scale = scale.astype(np.float32)
+        self._proj = np.ascontiguousarray((self.components * self.scale[:, None]).T)
+        self._offset = self.mean @ self._proj
+
+    @classmethod
+    def learn(cls, x: np.ndarray, dims: int, whiten: bool) -> "Pca":
+        n = len(x)
+        if n < 2:
+            raise SearchError(f"--pca needs at least 2 rows to learn from, the sample has {n}")
+        mean = x.mean(axis=0, dtype=np.float64)
+        gram = (x.T @ x).astype(np.float64) / n
+        cov = gram - np.outer(mean, mean)
+        values, vectors = np.linalg.eigh(cov)          # ascending
+        order = np.argsort(values)[::-1][:dims]
+        values = np.maximum(values[order], 1e-12)
+        scale = 1 / np.sqrt(values) if whiten else np.ones(dims)
+        return cls(mean, vectors[:, order].T, scale)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return x @ self._proj - self._offset
+
+    def save(self, f: Path) -> None:
+        writer.commit_file(Path(f), lambda fh: np.savez(fh, mean=self.mean,
+                                                        components=self.components,
+                                                        scale=self.scale))
+
+    @classmethod
+    def load(cls, f: Path) -> "Pca":
+        with np.load(f) as z:
+            return cls(z["mean"], z["components"], z["scale"])
 
 
 class _Codes:
@@ -353,7 +402,7 @@ def _build_fresh(faiss, out_dir, manifest, kind, pca, whiten, memory_mb, nprobe,
     needs_sample = pca is not None or kind in ("ivf", "ivfpq")
     d = index_dir(out_dir)
     d.mkdir(exist_ok=True)
-    for f in (VECTORS, TRANSFORM, CODES, PATHS, RECORD, DUPLICATES):
+    for f in (VECTORS, TRANSFORM, CODES, OFFSETS, PATHS, RECORD, DUPLICATES):
         (d / f).unlink(missing_ok=True)
     transform = None
     detail = ""
@@ -361,11 +410,11 @@ def _build_fresh(faiss, out_dir, manifest, kind, pca, whiten, memory_mb, nprobe,
     if needs_sample:
         ts = time.time()
         sample = _sample(out_dir, manifest, sample_rows)
+        sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)  # in place
         say(f"sample: {len(sample)} rows from the parts ({time.time() - ts:.1f} s)")
     if pca is not None:
         ts = time.time()
-        transform = faiss.PCAMatrix(FC7_DIM, pca, -0.5 if whiten else 0.0)
-        transform.train(_unit(sample))
+        transform = Pca.learn(sample, pca, whiten)
         say(f"PCA {FC7_DIM} -> {pca}{' (whitened)' if whiten else ''} learnt on {len(sample)} "
             f"rows ({time.time() - ts:.1f} s)")
     codes_of = _Codes(transform)
@@ -373,8 +422,9 @@ def _build_fresh(faiss, out_dir, manifest, kind, pca, whiten, memory_mb, nprobe,
                              memory_mb)
     if not idx.is_trained:
         ts = time.time()
-        train = codes_of(sample)
-        idx.train(train)
+        # the sample is unit already: no second copy of it
+        train = _unit(transform.apply(sample)) if transform is not None else sample
+        idx.train(np.ascontiguousarray(train))
         say(f"{kind} ({detail}) trained on {len(train)} rows ({time.time() - ts:.1f} s)")
     del sample
     nprobe = nprobe or DEFAULT_NPROBE
@@ -383,7 +433,7 @@ def _build_fresh(faiss, out_dir, manifest, kind, pca, whiten, memory_mb, nprobe,
                     reason=reason + (f"; {detail}" if detail else ""),
                     faiss_version=faiss.__version__, built=_now(), updated=_now())
     if transform is not None:
-        faiss.write_VectorTransform(transform, str(d / TRANSFORM))
+        transform.save(d / TRANSFORM)
     return _add_parts(faiss, out_dir, manifest, record, idx, codes_of, [], say, t0, fresh=True)
 
 
@@ -396,7 +446,7 @@ def _load_paths(d: Path) -> List[str]:
 def _add_new(faiss, out_dir, manifest, record, nprobe, say, t0) -> BuildReport:
     d = index_dir(out_dir)
     idx = faiss.read_index(str(d / VECTORS))
-    transform = faiss.read_VectorTransform(str(d / TRANSFORM)) if record.pca else None
+    transform = Pca.load(d / TRANSFORM) if record.pca else None
     if nprobe:
         record.nprobe = nprobe
     paths = _load_paths(d)
@@ -417,25 +467,30 @@ def _add_parts(faiss, out_dir, manifest, record, idx, codes_of, paths, say, t0,
     covered = {i for i, _ in record.parts}
     new = [p for p in manifest.parts if p.index not in covered and p.features]
     codes_file = d / CODES
+    # rows past the record are a killed build's: cut them before appending
     if record.pca:
-        # rows past the record are a killed build's: cut them before appending
         with open(codes_file, "ab") as f:
             f.truncate(record.rows * record.dims * 4)
+    with open(d / OFFSETS, "ab") as f:
+        f.truncate(record.rows * 8)
     added = 0
     ta = time.time()
-    with open(codes_file, "ab") if record.pca else _nothing() as cf:
+    with open(codes_file, "ab") if record.pca else _nothing() as cf, \
+            open(d / OFFSETS, "ab") as of:
         for p in new:
             ps, fc7 = _read_part(out_dir, manifest.output_format, p.index)
             codes = codes_of(fc7)
             idx.add(codes)
             if cf is not None:
                 cf.write(codes.astype(np.float32).tobytes())
+            of.write(_row_offsets(out_dir, manifest.output_format, p.index, len(ps)).tobytes())
             paths.extend(ps)
             record.parts.append((p.index, len(ps)))
             added += len(ps)
-        if cf is not None:
-            cf.flush()
-            os.fsync(cf.fileno())
+        for f in (cf, of):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
     if new:
         say(f"added {len(new)} parts, {added} rows ({time.time() - ta:.1f} s)")
     record.parts.sort()
@@ -452,6 +507,20 @@ def _add_parts(faiss, out_dir, manifest, record, idx, codes_of, paths, say, t0,
     return BuildReport(record, len(new), added, time.time() - t0, fresh)
 
 
+def _part_file(out_dir: Path, fmt: str, index: int) -> Path:
+    return Path(out_dir) / writer.FEATURES / f"{writer.part_name(index)}{writer._EXT[fmt]}"
+
+
+def _row_offsets(out_dir: Path, fmt: str, index: int, rows: int) -> np.ndarray:
+    """Where each row's fc7 starts in its part's file, or -1s (not the fast layout)."""
+    groups = writer.fast_row_groups(_part_file(out_dir, fmt, index)) if fmt == "parquet" \
+        else None
+    if groups is None or sum(n for n, _ in groups) != rows:
+        return np.full(rows, -1, np.int64)
+    return np.concatenate([off + ROW_BYTES * np.arange(n, dtype=np.int64)
+                           for n, off in groups]) if groups else np.zeros(0, np.int64)
+
+
 class _nothing:
     def __enter__(self):
         return None
@@ -465,12 +534,16 @@ class _nothing:
 class SearchIndex:
     """An output's index, loaded once; searches by vectors, image files or output paths.
 
-    Parts the output committed after the index was built are searched exactly (their codes
-    computed on first use); `stale_parts` lists them.
+    With `rescore` (the default), an index over reduced or compressed codes gives
+    k * CANDIDATES candidates and they are re-scored on the full fc7, read row by row from the
+    parts, so scores are cosines of fc7 whatever the index holds; rescore=False keeps the
+    codes' own scores (faster, approximate; `scores_are` says which). Parts the output
+    committed after the index was built are searched exactly (their rows read on first use);
+    `stale_parts` lists them.
     """
 
     def __init__(self, out_dir: Path, faiss, record: Record, idx, transform, stale: List[int],
-                 manifest: Manifest):
+                 manifest: Manifest, rescore: bool = True):
         self.out_dir = Path(out_dir)
         self.record = record
         self._faiss = faiss
@@ -480,10 +553,25 @@ class SearchIndex:
         self._manifest = manifest
         self._paths: Optional[List[str]] = None
         self._row_of: Optional[Dict[str, int]] = None
-        self._extra: Optional[Tuple[List[str], np.ndarray]] = None
+        self._extra: Optional[Tuple[List[str], np.ndarray, np.ndarray]] = None
         self._codes = None
+        self._offsets = None
+        self._files: Dict[int, int] = {}
+        self._part_cache: Tuple[int, Optional[np.ndarray]] = (-1, None)
+        self.rescore = rescore and not record.keeps_fc7
         _set_nprobe(faiss, idx, record.nprobe)
         self._starts = np.cumsum([0] + [n for _, n in record.parts])
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001  interpreter shutdown
+            pass
 
     # -- what it is
     @property
@@ -492,7 +580,7 @@ class SearchIndex:
 
     @property
     def scores_are(self) -> str:
-        return self.record.scores_are()
+        return self.record.scores_are(self.rescore)
 
     def describe(self) -> str:
         s = f"{self.record.describe()} in {index_dir(self.out_dir)}"
@@ -510,16 +598,20 @@ class SearchIndex:
     def set_nprobe(self, nprobe: int) -> None:
         _set_nprobe(self._faiss, self._idx, nprobe)
 
-    # -- the rows the index lacks
-    def extra(self) -> Tuple[List[str], np.ndarray]:
+    # -- rows
+    def extra(self) -> Tuple[List[str], np.ndarray, np.ndarray]:
+        """(paths, codes, unit fc7) of the rows the index lacks (its stale parts)."""
         if self._extra is None:
-            paths, codes = [], []
+            paths, codes, full = [], [], []
             for i in self.stale_parts:
                 ps, fc7 = _read_part(self.out_dir, self._manifest.output_format, i)
                 paths.extend(ps)
                 codes.append(self._codes_of(fc7))
-            self._extra = (paths, np.concatenate(codes) if codes else
-                           np.zeros((0, self.record.dims), np.float32))
+                full.append(_unit(fc7))
+            self._extra = (paths,
+                           np.concatenate(codes) if codes else
+                           np.zeros((0, self.record.dims), np.float32),
+                           np.concatenate(full) if full else np.zeros((0, FC7_DIM), np.float32))
         return self._extra
 
     def _stored_codes(self):
@@ -528,26 +620,67 @@ class SearchIndex:
                                     shape=(self.record.rows, self.record.dims))
         return self._codes
 
+    def _row_offsets(self) -> np.ndarray:
+        if self._offsets is None:
+            f = index_dir(self.out_dir) / OFFSETS
+            self._offsets = (np.memmap(f, np.int64, "r", shape=(self.rows,))
+                             if f.is_file() and self.rows else np.full(self.rows, -1, np.int64))
+        return self._offsets
+
+    def fc7_of_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The unit fc7 of rows `ids` (index rows, then extra rows), read from the parts: 16 KiB
+        each for parts in the fast layout, the whole part otherwise."""
+        ids = np.asarray(ids, np.int64)
+        out = np.empty((len(ids), FC7_DIM), np.float32)
+        offsets = self._row_offsets()
+        fmt = self._manifest.output_format
+        order = np.argsort(ids, kind="stable")
+        for n in order:
+            i = int(ids[n])
+            if i >= self.rows:
+                out[n] = self.extra()[2][i - self.rows]
+                continue
+            part = int(np.searchsorted(self._starts, i, side="right") - 1)
+            index = self.record.parts[part][0]
+            off = int(offsets[i])
+            if off >= 0:
+                fd = self._files.get(index)
+                if fd is None:
+                    if len(self._files) >= 64:
+                        os.close(self._files.pop(next(iter(self._files))))
+                    fd = os.open(_part_file(self.out_dir, fmt, index), os.O_RDONLY)
+                    self._files[index] = fd
+                buf = os.pread(fd, ROW_BYTES, off)
+                if len(buf) != ROW_BYTES:
+                    raise SearchError(f"{_part_file(self.out_dir, fmt, index)} is shorter than "
+                                      f"{index_dir(self.out_dir)} says: run `estimator-vgg "
+                                      f"index {self.out_dir} --rebuild`")
+                out[n] = np.frombuffer(buf, np.float32)
+            else:
+                cached, fc7 = self._part_cache
+                if cached != index:
+                    fc7 = _read_part(self.out_dir, fmt, index)[1]
+                    self._part_cache = (index, fc7)
+                out[n] = fc7[i - self._starts[part]]
+        return _unit(out)
+
     def codes(self, fc7: np.ndarray) -> np.ndarray:
         return self._codes_of(np.atleast_2d(np.asarray(fc7, np.float32)))
 
     # -- search
-    def _search_codes(self, q: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) [n, k] over the index; ids past rows index the extra rows."""
-        stored = self._stored_codes()
-        kk = min(k * RERANK, self.rows) if self.record.kind == "ivfpq" and stored is not None \
-            else min(k, self.rows)
+    def _search(self, full: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) [n, k] for unit fc7 queries; ids past rows are extra rows."""
+        q = self._codes_of(full)
+        kk = min(max(k * CANDIDATES, 100) if self.rescore else k, self.rows)
         scores, ids = self._idx.search(q, kk)
-        if self.record.kind == "ivfpq" and stored is not None:
-            rescored = np.full_like(scores, -np.inf)
+        if self.rescore:
             for r in range(len(q)):
                 ok = ids[r] >= 0
-                rescored[r, ok] = np.asarray(stored[ids[r, ok]]) @ q[r]
-            scores = rescored
+                scores[r, ok] = self.fc7_of_rows(ids[r, ok]) @ full[r]
         scores = np.where(ids >= 0, scores, -np.inf)
-        xpaths, xcodes = self.extra()
+        xpaths, xcodes, xfull = self.extra()
         if len(xpaths):
-            xs = q @ xcodes.T
+            xs = full @ xfull.T if self.rescore or self.record.keeps_fc7 else q @ xcodes.T
             scores = np.concatenate([scores, xs], axis=1)
             ids = np.concatenate([ids, np.arange(len(xpaths))[None, :].repeat(len(q), 0)
                                   + self.rows], axis=1)
@@ -564,8 +697,10 @@ class SearchIndex:
 
     def search(self, vectors: np.ndarray, k: int = 10) -> List[List[Match]]:
         """For each fc7 row of `vectors` (one row or [n, 4096]), its k nearest rows."""
-        q = self.codes(vectors)
-        scores, ids = self._search_codes(q, k)
+        full = _unit(np.atleast_2d(np.asarray(vectors, np.float32)))
+        if full.shape[1] != FC7_DIM:
+            raise SearchError(f"query vectors have {full.shape[1]} values, fc7 has {FC7_DIM}")
+        scores, ids = self._search(full, k)
         return [self._matches(s, i, k=k) for s, i in zip(scores, ids)]
 
     def row_of(self, path: str) -> Optional[int]:
@@ -574,17 +709,6 @@ class SearchIndex:
             for j, p in enumerate(self.extra()[0]):
                 self._row_of.setdefault(p, self.rows + j)
         return self._row_of.get(path)
-
-    def code_of_row(self, i: int) -> np.ndarray:
-        if i >= self.rows:
-            return self.extra()[1][i - self.rows]
-        stored = self._stored_codes()
-        if stored is not None:
-            return np.array(stored[i])
-        part = bisect.bisect_right(self._starts, i) - 1
-        _, fc7 = _read_part(self.out_dir, self._manifest.output_format,
-                            self.record.parts[part][0])
-        return self._codes_of(fc7[i - self._starts[part]][None])[0]
 
     def search_paths(self, paths: Sequence[str], k: int = 10) -> List[List[Match]]:
         """For each path of the output, its k nearest other rows (the row itself left out)."""
@@ -595,8 +719,8 @@ class SearchIndex:
                 raise SearchError(f"{p!r} is not a path in {self.out_dir}'s features "
                                   f"(relative to input.dir, as in the `path` column)")
             rows.append(i)
-        q = np.stack([self.code_of_row(i) for i in rows]).astype(np.float32)
-        scores, ids = self._search_codes(q, k + 1)
+        full = self.fc7_of_rows(np.array(rows))
+        scores, ids = self._search(full, k + 1)
         return [self._matches(s, j, exclude=i, k=k) for s, j, i in zip(scores, ids, rows)]
 
     def search_files(self, files: Sequence, k: int = 10) -> List[List[Match]]:
@@ -608,11 +732,13 @@ class SearchIndex:
     def duplicate_pairs(self, threshold: float, batch: int = 4096
                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(a, b, score) of every pair of rows with score >= threshold, a < b (row ids as in
-        path_of), found by range search over the index (ivfpq: candidates at a margin below
-        the threshold, re-scored on the stored codes when there are any)."""
+        path_of), by range search over the index. With re-scoring, candidates are taken at
+        DUP_MARGIN below the threshold on the codes and kept on the full fc7's cosine."""
         idx, stored = self._idx, self._stored_codes()
-        approx = self.record.kind == "ivfpq"
-        radius = threshold - (0.05 if approx else 1e-6)
+        margin = DUP_MARGIN if self.rescore else 0.0
+        if self.record.kind == "ivfpq":
+            margin = max(margin, 0.05)
+        radius = threshold - margin - 1e-6
         A, B, S = [], [], []
 
         def queries():
@@ -627,34 +753,39 @@ class SearchIndex:
                         yield start + s, self._codes_of(fc7[s:s + batch])
                     start += len(fc7)
 
+        def rescored(a, b, s):
+            if not self.rescore or not len(a):
+                return s
+            rows, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+            full = self.fc7_of_rows(rows)
+            return np.einsum("ij,ij->i", full[inv[:len(a)]], full[inv[len(a):]])
+
         def keep(a, b, s):
-            m = (a < b) & (s >= threshold)
-            A.append(a[m]); B.append(b[m]); S.append(s[m])
+            m = a < b
+            a, b, s = a[m], b[m], s[m]
+            s = rescored(a, b, s)
+            m = s >= threshold
+            A.append(a[m]); B.append(b[m]); S.append(s[m])  # noqa: E702
 
         for start, q in queries():
             lims, dist, ids = idx.range_search(q, radius)
-            a = np.repeat(np.arange(start, start + len(q)), np.diff(lims.astype(np.int64)))
-            b = ids.astype(np.int64)
-            s = dist
-            if approx and stored is not None:
-                s = np.einsum("ij,ij->i", stored[a] if len(a) else np.zeros((0, self.record.dims), np.float32),
-                              stored[b] if len(b) else np.zeros((0, self.record.dims), np.float32))
-            keep(a, b, s)
-        xpaths, xcodes = self.extra()
+            keep(np.repeat(np.arange(start, start + len(q)), np.diff(lims.astype(np.int64))),
+                 ids.astype(np.int64), dist)
+        xpaths, xcodes, xfull = self.extra()
         if len(xpaths):   # the rows the index lacks: against the index, and among themselves
+            exact = self.rescore or self.record.keeps_fc7
             for s in range(0, len(xpaths), batch):
                 q = np.ascontiguousarray(xcodes[s:s + batch])
                 lims, dist, ids = idx.range_search(q, radius)
-                a = ids.astype(np.int64)
-                b = np.repeat(np.arange(s, s + len(q)), np.diff(lims.astype(np.int64))) + self.rows
-                sc = dist
-                if approx and stored is not None:
-                    sc = np.einsum("ij,ij->i", stored[a], xcodes[b - self.rows])
-                keep(a, b, sc)
-                sims = q @ xcodes.T
+                keep(ids.astype(np.int64),
+                     np.repeat(np.arange(s, s + len(q)), np.diff(lims.astype(np.int64)))
+                     + self.rows, dist)
+                sims = (xfull[s:s + batch] @ xfull.T) if exact else q @ xcodes.T
                 i, j = np.nonzero(sims >= threshold)
-                keep(i + s + self.rows, j + self.rows, sims[i, j])
-        cat = lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t)
+                m = i + s < j
+                A.append(i[m] + s + self.rows); B.append(j[m] + self.rows)  # noqa: E702
+                S.append(sims[i[m], j[m]])
+        cat = lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t)  # noqa: E731
         return cat(A, np.int64), cat(B, np.int64), cat(S, np.float32)
 
     def duplicates(self, threshold: float) -> List[List[Match]]:
@@ -706,10 +837,10 @@ def write_pairs(file: Path, a, b, s, path_of: Callable[[int], str]) -> None:
     writer.commit_file(Path(file), lambda f: pq.write_table(table, f))
 
 
-def load_index(out_dir: Path) -> SearchIndex:
+def load_index(out_dir: Path, rescore: bool = True) -> SearchIndex:
     """The index of an output, checked against it: refused if it is another output's or of
     other weights or preprocessing; parts committed since it was built are listed as stale
-    and searched exactly."""
+    and searched exactly. rescore: see SearchIndex."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise SearchError(f"{out_dir} does not exist: give the output.dir of a job")
@@ -726,8 +857,8 @@ def load_index(out_dir: Path) -> SearchIndex:
         raise SearchError(f"{d / VECTORS} holds {idx.ntotal} vectors but {d / RECORD} says "
                           f"{record.rows}: an index build was stopped; run `estimator-vgg "
                           f"index {out_dir}` again")
-    transform = faiss.read_VectorTransform(str(d / TRANSFORM)) if record.pca else None
-    return SearchIndex(out_dir, faiss, record, idx, transform, stale, manifest)
+    transform = Pca.load(d / TRANSFORM) if record.pca else None
+    return SearchIndex(out_dir, faiss, record, idx, transform, stale, manifest, rescore)
 
 
 def has_index(out_dir: Path) -> bool:

@@ -216,39 +216,59 @@ def _page_values(header: bytes) -> Optional[Tuple[int, int]]:
         return None
 
 
-def _read_fc7_fast(f: Path, pf, out: np.ndarray) -> bool:
-    """Fill `out` (rows x 4096 float32) with the fc7 of a FAST_LAYOUT file, reading the values'
-    bytes straight from disk; False (out untouched or partly filled) when the file is not in
-    that layout, so the caller reads it through pyarrow instead."""
+def fast_row_groups(f: Path, pf=None) -> Optional[List[Tuple[int, int]]]:
+    """[(rows, byte offset of the group's first fc7 value)] of a FAST_LAYOUT file: row r of a
+    group is the 16 KiB at offset + r * 16384. None when the file is not in that layout (its
+    metadata or a page header say otherwise)."""
+    import pyarrow.parquet as pq
+
+    pf = pf or pq.ParquetFile(f)
     md = pf.metadata
     if (pf.schema_arrow.metadata or {}).get(b"estimator_vgg.layout") != FAST_LAYOUT:
-        return False
+        return None
     names = [md.schema.column(i).path for i in range(md.num_columns)]
-    if "fc7.list.element" not in names or md.num_rows != len(out):
-        return False
+    if "fc7.list.element" not in names:
+        return None
     col = names.index("fc7.list.element")
     if md.schema.column(col).physical_type != "FLOAT":
-        return False
-    if md.num_rows == 0:
-        return True
-    start = 0
+        return None
+    groups = []
     with open(f, "rb", buffering=0) as fh:
         for g in range(md.num_row_groups):
             rg = md.row_group(g)
             c = rg.column(col)
             rows = rg.num_rows
+            if rows == 0:
+                continue
             nbytes = rows * FC7_DIM * 4
             if (c.compression != "UNCOMPRESSED" or c.has_dictionary_page
                     or not set(c.encodings) <= {"PLAIN", "RLE"}
                     or c.num_values != rows * FC7_DIM or c.total_compressed_size < nbytes
                     or c.statistics is None or not c.statistics.has_null_count
                     or c.statistics.null_count != 0):
-                return False
+                return None
             fh.seek(c.data_page_offset)
             page = _page_values(fh.read(64))
             if page is None or page != (0, rows * FC7_DIM):  # one DATA_PAGE with every value
-                return False
-            fh.seek(c.data_page_offset + c.total_compressed_size - nbytes)
+                return None
+            groups.append((rows, c.data_page_offset + c.total_compressed_size - nbytes))
+    return groups
+
+
+def _read_fc7_fast(f: Path, pf, out: np.ndarray) -> bool:
+    """Fill `out` (rows x 4096 float32) with the fc7 of a FAST_LAYOUT file, reading the values'
+    bytes straight from disk; False (out untouched or partly filled) when the file is not in
+    that layout, so the caller reads it through pyarrow instead."""
+    if pf.metadata.num_rows != len(out):
+        return False
+    groups = fast_row_groups(f, pf)
+    if groups is None:
+        return False
+    start = 0
+    with open(f, "rb", buffering=0) as fh:
+        for rows, offset in groups:
+            nbytes = rows * FC7_DIM * 4
+            fh.seek(offset)
             view = memoryview(out[start:start + rows]).cast("B")
             got = 0
             while got < nbytes:
