@@ -363,6 +363,8 @@ def build_index(out_dir: Path, kind: Optional[str] = None, pca: Optional[int] = 
                               f"{len(manifest.parts)} parts, none with features): run the "
                               f"job first")
         d = index_dir(out_dir)
+        for f in d.glob("*.tmp") if d.is_dir() else ():   # a killed build's
+            f.unlink()
         record = None if rebuild else Record.read(d)
         if record is not None:
             try:
@@ -495,7 +497,9 @@ def _add_parts(faiss, out_dir, manifest, record, idx, codes_of, paths, say, t0,
         say(f"added {len(new)} parts, {added} rows ({time.time() - ta:.1f} s)")
     record.parts.sort()
     if new or fresh:
-        _write_atomic(d / VECTORS, lambda f: f.write(faiss.serialize_index(idx).tobytes()))
+        tmp = d / f"{VECTORS}.{os.getpid()}.tmp"   # faiss writes it; no copy in memory
+        faiss.write_index(idx, str(tmp))
+        os.replace(tmp, d / VECTORS)
         table = pa.table({"path": pa.array(paths, pa.string())})
         _write_atomic(d / PATHS, lambda f: pq.write_table(table, f))
         (d / DUPLICATES).unlink(missing_ok=True)   # its pairs are of fewer rows
@@ -693,7 +697,7 @@ class SearchIndex:
     def _matches(self, scores, ids, exclude: Optional[int] = None, k: int = 10) -> List[Match]:
         out = [Match(self.path_of(int(i)), float(s)) for s, i in zip(scores, ids)
                if i >= 0 and np.isfinite(s) and i != exclude]
-        return out[:k]
+        return sorted(out, key=lambda m: (-m.score, m.path))[:k]  # ties by path, as exact
 
     def search(self, vectors: np.ndarray, k: int = 10) -> List[List[Match]]:
         """For each fc7 row of `vectors` (one row or [n, 4096]), its k nearest rows."""

@@ -109,8 +109,12 @@ def embed_file(out_dir: Path, file: Path) -> np.ndarray:
                           f"{made_with[:12]}: the query would "
                           f"not be comparable")
     est = build_estimator(cfg, prepared)
-    rows = list(est.predict(input_fn(cfg, [Path(file).name]), yield_single_examples=False,
-                            checkpoint_path=prepared.checkpoint))
+    import tensorflow as tf
+    try:
+        rows = list(est.predict(input_fn(cfg, [Path(file).name]), yield_single_examples=False,
+                                checkpoint_path=prepared.checkpoint))
+    except tf.errors.InvalidArgumentError:
+        rows = []
     if not rows:  # the input pipeline dropped it: say why, as the errors table would
         from estimator_vgg.probe import classify
         reason, message = classify(cfg.input.dir, Path(file).name, cfg.input.max_pixels)
