@@ -3,8 +3,8 @@
 # installs the package through the lock file constraints-py311.txt; later runs reuse it (and
 # reinstall when setup.cfg, pyproject.toml or the lock change). Details: docs/install.md.
 #   ./run.sh CONFIG.yaml [section.key=value ...]   run the job
-#   ./run.sh test [pytest args ...]                 run the test suite (installs Ray and the
-#                                                   remote extra too)
+#   ./run.sh test [pytest args ...]                 run the test suite (installs Ray, the
+#                                                   remote and the search extras too)
 #   ./run.sh test --quick [pytest args ...]         the inner-loop tier, under 2 minutes
 #   ESTIMATOR_VGG_RAY=1 ./run.sh CONFIG.yaml ...    also install Ray, for run.executor: ray
 #   ESTIMATOR_VGG_REMOTE=1 ./run.sh CONFIG.yaml ... also install fsspec, s3fs and gcsfs, for
@@ -12,6 +12,7 @@
 #   ESTIMATOR_VGG_GPU=1 ./run.sh CONFIG.yaml ...    also install TensorFlow's CUDA 12 and cuDNN
 #                                                   pip packages, for a GPU machine (NVIDIA
 #                                                   driver needed; about 2 GB more, once)
+#   ESTIMATOR_VGG_SEARCH=1 ./run.sh ...             also install faiss, for `estimator-vgg index`
 #   (an installed extra stays installed)
 #   PYTHON=/path/to/python3.11 ./run.sh ...         choose the interpreter for a new .venv
 #                                                   (delete .venv to switch interpreters)
@@ -52,11 +53,12 @@ pick_python() {
 # Reinstall when the package metadata or the lock change.
 stamp() { cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$LOCK" | cksum | cut -d' ' -f1; }
 
-# Extras to install: the tests need Ray (they start a Ray cluster) and the remote extra (they
-# read from S3 and HTTP servers on loopback); a job needs them only for run.executor: ray
-# (ESTIMATOR_VGG_RAY=1) and remote inputs (ESTIMATOR_VGG_REMOTE=1). ESTIMATOR_VGG_GPU=1 adds
-# the gpu extra (TensorFlow's CUDA pip packages). Once installed, an extra stays: $1 is the
-# extras the stamp says are installed.
+# Extras to install: the tests need Ray (they start a Ray cluster), the remote extra (they
+# read from S3 and HTTP servers on loopback) and faiss (the search tests); a job needs them
+# only for run.executor: ray (ESTIMATOR_VGG_RAY=1), remote inputs (ESTIMATOR_VGG_REMOTE=1) and
+# `estimator-vgg index` (ESTIMATOR_VGG_SEARCH=1). ESTIMATOR_VGG_GPU=1 adds the gpu extra
+# (TensorFlow's CUDA pip packages). Once installed, an extra stays: $1 is the extras the stamp
+# says are installed.
 want_extras() {
   local have=",${1:-test}," cmd="${2:-}" out="test" x
   case "$have" in *,ray,*) ;; *)
@@ -66,8 +68,12 @@ want_extras() {
     if [ "$cmd" = "test" ] || [ "${ESTIMATOR_VGG_REMOTE:-0}" = "1" ]; then
       have="$have,remote,"; fi ;;
   esac
+  case "$have" in *,search,*) ;; *)
+    if [ "$cmd" = "test" ] || [ "${ESTIMATOR_VGG_SEARCH:-0}" = "1" ]; then
+      have="$have,search,"; fi ;;
+  esac
   [ "${ESTIMATOR_VGG_GPU:-0}" = "1" ] && have="$have,gpu,"
-  for x in ray remote gpu; do
+  for x in ray remote search gpu; do
     case "$have" in *,"$x",*) out="$out,$x" ;; esac
   done
   echo "$out"
@@ -122,7 +128,7 @@ bootstrap() {
 }
 
 if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   if [ -x "$VENV/bin/python" ]; then echo; exec "$VENV/bin/python" -m estimator_vgg --help; fi
   exit 0
 fi

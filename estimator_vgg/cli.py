@@ -2,7 +2,8 @@
 
     estimator-vgg CONFIG.yaml [section.key=value ...] [--dry-run] [--overwrite] [-v]
     estimator-vgg neighbors OUTPUT_DIR QUERY [-k 10] [--html PAGE.html]
-    estimator-vgg neighbors OUTPUT_DIR --duplicates 0.95 [--html PAGE.html]
+    estimator-vgg neighbors OUTPUT_DIR --duplicates 0.95 [--html PAGE.html] [--pairs P.parquet]
+    estimator-vgg index OUTPUT_DIR [--pca DIMS] [--kind auto|flat|ivf|ivfpq|hnsw]
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ commands:
                                        command)
   estimator-vgg neighbors OUTPUT ...   similar images and near-duplicates in an output
                                        (estimator-vgg neighbors --help)
+  estimator-vgg index OUTPUT ...       an approximate nearest-neighbour index (faiss) that
+                                       neighbors then uses (estimator-vgg index --help)
 
 examples:
   estimator-vgg configs/demo.yaml
@@ -47,10 +50,28 @@ examples:
   estimator-vgg neighbors out/demo demo_images/chelsea_cat.JPG -k 5
   estimator-vgg neighbors out/demo chelsea_cat.JPG --html similar.html
   estimator-vgg neighbors out/demo --duplicates 0.95 --html duplicates.html
+  estimator-vgg neighbors out/demo chelsea_cat.JPG --exact
 
 A QUERY that is a `path` of the output uses its stored row; an image file is embedded on the
-fly with the weights and preprocessing the output was made with. Scores are cosine
-similarities of fc7, computed exactly, one part of the output at a time.
+fly with the weights and preprocessing the output was made with. With an index
+(estimator-vgg index OUTPUT) the search goes through it, and the first line says so and what
+the scores are (cosine of fc7, or of the index's PCA codes); parts the output committed after
+the index was built are searched exactly and the index is reported stale. Without one, or
+with --exact, scores are exact cosine similarities of fc7, one part of the output at a time.
+--duplicates writes every pair to --pairs (default OUTPUT/index/duplicates.parquet, or
+OUTPUT/duplicates.parquet without an index): columns path_a, path_b, score.
+"""
+
+INDEX_EPILOG = """\
+examples:
+  estimator-vgg index out/demo                       # auto: the kind from rows and memory
+  estimator-vgg index out/big --pca 256              # 256-d PCA codes, L2-normalised
+  estimator-vgg index out/big                        # again later: adds only the new parts
+
+The index is written to OUTPUT/index/ while the output's lock is held; it records the parts
+it covers, the output's fingerprint and its output_id (an output rebuilt with --overwrite
+gets another, and its old index is deleted). Needs the search extra (faiss):
+ESTIMATOR_VGG_SEARCH=1 ./run.sh ... installs it. Details: docs/neighbors.md.
 """
 
 
@@ -73,6 +94,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "neighbors":
         return neighbors_main(argv[1:])
+    if argv and argv[0] == "index":
+        return index_main(argv[1:])
     return run_main(argv)
 
 
@@ -183,6 +206,11 @@ def neighbors_main(argv: List[str]) -> int:
     parser.add_argument("-k", type=int, default=10, help="how many neighbours (default 10)")
     parser.add_argument("--duplicates", type=float, metavar="THRESHOLD",
                         help="list groups of images with cosine similarity >= THRESHOLD")
+    parser.add_argument("--pairs", metavar="PAIRS.parquet",
+                        help="with --duplicates: where to write the pairs (default "
+                             "OUTPUT/index/duplicates.parquet)")
+    parser.add_argument("--exact", action="store_true",
+                        help="exact search over every part even when there is an index")
     parser.add_argument("--html", metavar="PAGE.html",
                         help="also write a self-contained page with thumbnails")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -192,6 +220,8 @@ def neighbors_main(argv: List[str]) -> int:
         parser.error("give a QUERY, or --duplicates THRESHOLD (not both)")
     if args.k < 1:
         parser.error("-k must be at least 1")
+    if args.pairs and args.duplicates is None:
+        parser.error("--pairs goes with --duplicates")
     _setup_logging(args.verbose)
     from pathlib import Path
 
@@ -202,35 +232,143 @@ def neighbors_main(argv: List[str]) -> int:
 
     out = Path(args.output)
     try:
-        root = nb.input_root(out)
+        nb.check_has_features(out)
+        locate = lambda path: nb.image_file(out, path)  # noqa: E731
+        index = None if args.exact else _open_index(out)
+        source = nb.describe(out)
         if args.duplicates is not None:
-            groups = nb.duplicate_groups(out, args.duplicates)
-            print(f"{len(groups)} group{'s' if len(groups) != 1 else ''} with cosine "
-                  f"similarity >= {args.duplicates}")
-            for n, group in enumerate(groups, 1):
-                print(f"group {n} ({len(group)} images)")
-                for m in group:
-                    print(f"  {m.score:.4f}  {m.path}")
-            if args.html:
-                _quiet_tensorflow(args.verbose)
-                from estimator_vgg.page import duplicates_page
-                duplicates_page(groups, root, Path(args.html), args.duplicates, nb.describe(out))
+            _duplicates(args, out, index, locate, source)
         else:
             _quiet_tensorflow(args.verbose)
-            vector, own = nb.query_vector(out, args.query)
-            matches = nb.nearest(out, vector, args.k, exclude=own)
-            print(f"{len(matches)} nearest to {args.query} (cosine similarity)")
+            if index is not None:
+                own = args.query if index.row_of(args.query) is not None else None
+                if own is not None:
+                    matches = index.search_paths([own], args.k)[0]
+                elif os.path.isfile(args.query):
+                    matches = index.search(nb.embed_file(out, Path(args.query)), args.k)[0]
+                else:
+                    raise nb.SearchError(nb.not_a_query(out, args.query))
+                how = f"{index.scores_are}; index: {index.describe()}"
+            else:
+                vector, own = nb.query_vector(out, args.query)
+                matches = nb.nearest(out, vector, args.k, exclude=own)
+                how = "cosine similarity, exact search"
+            print(f"{len(matches)} nearest to {args.query} ({how})")
             for rank, m in enumerate(matches, 1):
                 print(f"{rank:>4}  {m.score:.4f}  {m.path}")
             if args.html:
                 from estimator_vgg.page import neighbors_page
-                query_file = root / own if own else Path(args.query)
-                neighbors_page(query_file, args.query, matches, root, Path(args.html),
-                               nb.describe(out))
+                query_file = locate(own) if own else Path(args.query)
+                neighbors_page(query_file, args.query, matches, locate, Path(args.html), source)
         if args.html:
             print(f"wrote {args.html}")
     except (nb.SearchError, ConfigError, WeightsError, OutputError, FileNotFoundError,
             ValueError) as e:
         print(f"estimator-vgg neighbors: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _open_index(out):
+    """The output's index, or None (no index: exact search; said on stderr when faiss is
+    missing, so it is never silent)."""
+    from estimator_vgg import index as ix
+    if not ix.has_index(out):
+        return None
+    try:
+        index = ix.load_index(out)
+    except ix.SearchError as e:
+        if ix.INSTALL_HINT in str(e):
+            print(f"estimator-vgg neighbors: {out} has an index, but {e}; searching exactly",
+                  file=sys.stderr)
+            return None
+        raise
+    if index.stale_parts:
+        print(f"estimator-vgg neighbors: the index is stale: {len(index.stale_parts)} parts "
+              f"committed since it was built are searched exactly; run `estimator-vgg index "
+              f"{out}` to add them", file=sys.stderr)
+    return index
+
+
+def _duplicates(args, out, index, locate, source) -> None:
+    from pathlib import Path
+
+    import numpy as np
+
+    from estimator_vgg import index as ix
+    from estimator_vgg import neighbors as nb
+
+    if index is not None:
+        a, b, s = index.duplicate_pairs(args.duplicates)
+        path_of = index.path_of
+        how = f"{index.scores_are}; index: {index.describe()}"
+        scores = index.scores_are
+        default_pairs = ix.index_dir(out) / ix.DUPLICATES
+    else:
+        names, a, b, s = nb.duplicate_pairs(out, args.duplicates)
+        path_of = names.__getitem__
+        how = "cosine similarity of fc7, exact search"
+        scores = "cosine similarity of fc7"
+        default_pairs = (ix.index_dir(out) / ix.DUPLICATES if ix.index_dir(out).is_dir()
+                         else out / ix.DUPLICATES)
+    groups = ix.groups_of(np.asarray(a), np.asarray(b), np.asarray(s), path_of)
+    pairs = Path(args.pairs) if args.pairs else default_pairs
+    ix.write_pairs(pairs, a, b, s, path_of)
+    print(f"{len(groups)} group{'s' if len(groups) != 1 else ''} with cosine "
+          f"similarity >= {args.duplicates} ({how})")
+    for n, group in enumerate(groups, 1):
+        print(f"group {n} ({len(group)} images)")
+        for m in group:
+            print(f"  {m.score:.4f}  {m.path}")
+    print(f"wrote {len(s)} pairs to {pairs}")
+    if args.html:
+        _quiet_tensorflow(args.verbose)
+        from estimator_vgg.page import duplicates_page
+        duplicates_page(groups, locate, Path(args.html), args.duplicates, source,
+                        scores=scores, pairs_file=pairs)
+
+
+def index_main(argv: List[str]) -> int:
+    from estimator_vgg.index import DEFAULT_MEMORY_MB, KINDS
+    parser = argparse.ArgumentParser(
+        prog="estimator-vgg index", description="Build an approximate nearest-neighbour index "
+        "(faiss) over every committed part of an output, or add the parts committed since.",
+        epilog=INDEX_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", help="the job's output.dir")
+    parser.add_argument("--pca", type=int, metavar="DIMS",
+                        help="learn a PCA and index L2-normalised DIMS-d codes (e.g. 256)")
+    parser.add_argument("--whiten", action="store_true",
+                        help="with --pca: divide each component by its standard deviation")
+    parser.add_argument("--kind", choices=KINDS, default=None,
+                        help="auto (default: chosen from the rows and --memory-mb, printed "
+                             "with the reason), flat (exact), ivf, ivfpq, hnsw")
+    parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB,
+                        help=f"memory budget of the build (default {DEFAULT_MEMORY_MB}): bounds "
+                             f"the training sample and decides what kind fits")
+    parser.add_argument("--nprobe", type=int,
+                        help="ivf/ivfpq: lists scanned per query (default 16; hnsw: efSearch/4)")
+    parser.add_argument("--train-rows", type=int,
+                        help="rows in the training sample (default 50000, or what fits a "
+                             "quarter of --memory-mb)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="build afresh instead of adding the new parts")
+    parser.add_argument("-v", "--verbose", action="store_true", help="full tracebacks")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    from pathlib import Path
+
+    from estimator_vgg.index import build_index
+    from estimator_vgg.manifest import ManifestError, OutputError
+    from estimator_vgg.neighbors import SearchError
+    say = lambda line: print(f"estimator-vgg index: {line}", flush=True)  # noqa: E731
+    try:
+        r = build_index(Path(args.output), kind=args.kind, pca=args.pca, whiten=args.whiten,
+                        memory_mb=args.memory_mb, nprobe=args.nprobe,
+                        train_rows=args.train_rows, rebuild=args.rebuild, say=say)
+    except (SearchError, OutputError, ManifestError, FileNotFoundError) as e:
+        print(f"estimator-vgg index: error: {e}", file=sys.stderr)
+        return 1
+    say(f"{'built' if r.fresh else 'updated'} {r.record.describe()} in "
+        f"{Path(args.output) / 'index'} ({r.added_parts} parts, {r.added_rows} rows added, "
+        f"{r.seconds:.1f} s); neighbors' scores: {r.record.scores_are(rescored=True)}")
     return 0

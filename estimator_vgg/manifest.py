@@ -212,6 +212,9 @@ class Manifest:
     status: str = "running"
     totals: Optional[Dict[str, int]] = None
     version: int = MANIFEST_VERSION
+    # Random, made when the output is created (or first indexed): an output rebuilt with
+    # --overwrite gets another, so an index of the old one never passes for the new one.
+    output_id: Optional[str] = None
 
     @property
     def output_format(self) -> str:
@@ -238,10 +241,12 @@ class Manifest:
                           for p in d.get("parts", [])],
                    runs=[RunRecord.from_dict(r) for r in d.get("runs", [])],
                    config=d.get("config", {}), status=d.get("status", "running"),
-                   totals=d.get("totals"), version=d.get("manifest_version", MANIFEST_VERSION))
+                   totals=d.get("totals"), version=d.get("manifest_version", MANIFEST_VERSION),
+                   output_id=d.get("output_id"))
 
     def to_dict(self) -> dict:
         d = {"manifest_version": self.version, "fingerprint": self.fingerprint.to_dict(),
+             **({"output_id": self.output_id} if self.output_id else {}),
              "status": self.status,
              "parts": [dataclasses.asdict(p) for p in self.parts],
              "runs": [r.to_dict() for r in self.runs], "config": self.config}

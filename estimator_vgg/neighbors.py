@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -41,15 +41,32 @@ def _unit(m: np.ndarray) -> np.ndarray:
 
 
 def manifest_of(out_dir: Path) -> Manifest:
+    if not Path(out_dir).is_dir():
+        raise SearchError(f"{out_dir} does not exist: give the output.dir of a job")
     manifest = read_manifest(out_dir)
     if manifest is None:
         raise SearchError(f"{out_dir} has no manifest.json: not an estimator-vgg output folder")
     return manifest
 
 
+def check_has_features(out_dir: Path) -> None:
+    """Refuse an output with no feature rows (nothing to search)."""
+    manifest = manifest_of(out_dir)
+    if not any(p.features for p in manifest.parts):
+        raise SearchError(f"{out_dir} has no feature rows ({len(manifest.parts)} parts "
+                          f"committed, none with features): run the job first, or look in "
+                          f"its errors table")
+
+
 def input_root(out_dir: Path) -> Path:
     """The input.dir the output was made from (where its relative paths point)."""
     return manifest_of(out_dir).input_dir
+
+
+def image_file(out_dir: Path, path: str) -> Path:
+    """The image file of a row's `path` (what queries by path and the pages' thumbnails read):
+    the one place that turns an output's path back into a file."""
+    return input_root(out_dir) / path
 
 
 def describe(out_dir: Path) -> str:
@@ -92,8 +109,16 @@ def embed_file(out_dir: Path, file: Path) -> np.ndarray:
                           f"{made_with[:12]}: the query would "
                           f"not be comparable")
     est = build_estimator(cfg, prepared)
-    rows = list(est.predict(input_fn(cfg, [Path(file).name]), yield_single_examples=False,
-                            checkpoint_path=prepared.checkpoint))
+    import tensorflow as tf
+    try:
+        rows = list(est.predict(input_fn(cfg, [Path(file).name]), yield_single_examples=False,
+                                checkpoint_path=prepared.checkpoint))
+    except tf.errors.InvalidArgumentError:
+        rows = []
+    if not rows:  # the input pipeline dropped it: say why, as the errors table would
+        from estimator_vgg.probe import classify
+        reason, message = classify(cfg.input.dir, Path(file).name, cfg.input.max_pixels)
+        raise SearchError(f"the query image {file} cannot be embedded: {reason}: {message}")
     return rows[0]["fc7"][0]
 
 
@@ -104,8 +129,12 @@ def query_vector(out_dir: Path, query: str) -> Tuple[np.ndarray, Optional[str]]:
         return v, query
     if os.path.isfile(query):
         return embed_file(out_dir, Path(query)), None
-    raise SearchError(f"{query!r} is neither a path in {out_dir}'s features (relative to "
-                      f"input.dir, as in the `path` column) nor an image file")
+    raise SearchError(not_a_query(out_dir, query))
+
+
+def not_a_query(out_dir: Path, query: str) -> str:
+    return (f"{query!r} is neither a path in {out_dir}'s features (relative to input.dir, as "
+            f"in the `path` column) nor an image file")
 
 
 def nearest(out_dir: Path, query: np.ndarray, k: int = 10,
@@ -131,29 +160,20 @@ def nearest(out_dir: Path, query: np.ndarray, k: int = 10,
             if np.isfinite(best_scores[i])]
 
 
-def duplicate_groups(out_dir: Path, threshold: float) -> List[List[Match]]:
-    """Groups of rows linked by cosine similarity >= threshold (single linkage), largest first.
-
-    Each member's score is its best similarity to another member of its group.
-    """
+def duplicate_pairs(out_dir: Path, threshold: float
+                    ) -> Tuple[List[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(paths, a, b, score): every pair of rows a < b with cosine similarity >= threshold,
+    exactly, comparing every pair of parts (time grows with the square of the rows)."""
     names: List[str] = []
-    parent: Dict[int, int] = {}  # union-find over global row numbers
-    best: Dict[int, float] = {}
-
-    def find(i: int) -> int:
-        parent.setdefault(i, i)
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    A: List[np.ndarray] = []
+    B: List[np.ndarray] = []
+    S: List[np.ndarray] = []
 
     def link(sims: np.ndarray, start_a: int, start_b: int) -> None:
-        for i, j in zip(*np.nonzero(sims >= threshold)):
-            gi, gj = start_a + int(i), start_b + int(j)
-            s = float(sims[i, j])
-            best[gi] = max(best.get(gi, -1.0), s)
-            best[gj] = max(best.get(gj, -1.0), s)
-            parent[find(gi)] = find(gj)
+        i, j = np.nonzero(sims >= threshold)
+        A.append(i + start_a)
+        B.append(j + start_b)
+        S.append(sims[i, j])
 
     for a, (paths_a, fa) in enumerate(iter_parts(out_dir)):
         start_a = len(names)
@@ -165,8 +185,13 @@ def duplicate_groups(out_dir: Path, threshold: float) -> List[List[Match]]:
         for paths_b, fb in iter_parts(out_dir, skip=a + 1):
             link(ua @ _unit(fb).T, start_a, start_b)
             start_b += len(paths_b)
-    groups: Dict[int, List[int]] = {}
-    for i in best:
-        groups.setdefault(find(i), []).append(i)
-    out = [[Match(names[i], best[i]) for i in sorted(members)] for members in groups.values()]
-    return sorted(out, key=lambda g: (-len(g), g[0].path))
+    cat = lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t)  # noqa: E731
+    return names, cat(A, np.int64), cat(B, np.int64), cat(S, np.float32)
+
+
+def duplicate_groups(out_dir: Path, threshold: float) -> List[List[Match]]:
+    """Groups of rows linked by cosine similarity >= threshold (single linkage), largest first,
+    exactly. Each member's score is its best similarity to another member of its group."""
+    from estimator_vgg.index import groups_of
+    names, a, b, s = duplicate_pairs(out_dir, threshold)
+    return groups_of(a, b, s, names.__getitem__)

@@ -1,7 +1,7 @@
 """Self-contained HTML pages of search results: thumbnails inlined as data URIs, no other file.
 
-    neighbors_page(query_file, query_label, matches, root, "page.html")
-    duplicates_page(groups, root, "dups.html")
+    neighbors_page(query_file, query_label, matches, locate, "page.html", source)
+    duplicates_page(groups, locate, "dups.html", threshold, source)
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import base64
 import html
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +66,45 @@ def _page(title: str, note: str, body: str) -> str:
             f"<div class=\"note\">{html.escape(note)}</div>{body}</body></html>\n")
 
 
-def neighbors_page(query_file: Path, query_label: str, matches: Sequence, root: Path,
-                   out: Path, source: str) -> None:
+def neighbors_page(query_file: Path, query_label: str, matches: Sequence,
+                   locate: Callable[[str], Path], out: Path, source: str) -> None:
+    """`locate(path)` gives the image file of an output's path (neighbors.image_file)."""
     cards = [_card(query_file, query_label, None, query=True)]
-    cards += [_card(root / m.path, m.path, m.score) for m in matches]
+    cards += [_card(locate(m.path), m.path, m.score) for m in matches]
     body = f'<div class="grid">{"".join(cards)}</div>'
     note = (f"{len(matches)} nearest by cosine similarity of VGG16 fc7, from {source}")
     Path(out).write_text(_page(f"Images like {query_label}", note, body), encoding="utf-8")
 
 
-def duplicates_page(groups: List[list], root: Path, out: Path, threshold: float,
-                    source: str) -> None:
+MAX_GROUPS = 100      # groups drawn on a duplicates page; the rest are counted
+MAX_PER_GROUP = 12    # images drawn per group; the rest are counted
+
+
+def duplicates_page(groups: List[list], locate: Callable[[str], Path], out: Path,
+                    threshold: float, source: str, scores: str = "fc7 cosine similarity",
+                    max_groups: int = MAX_GROUPS, max_per_group: int = MAX_PER_GROUP,
+                    pairs_file: Optional[Path] = None) -> None:
+    """The groups, largest first: at most `max_groups` groups and `max_per_group` images of
+    each are drawn (so a page of a million-row output stays small), and what is left out is
+    counted on the page."""
     sections = []
-    for n, group in enumerate(groups, 1):
-        cards = "".join(_card(root / m.path, m.path, m.score) for m in group)
-        sections.append(f"<h2>Group {n}: {len(group)} images</h2><div class=\"grid\">{cards}</div>")
+    hidden_images = 0
+    for n, group in enumerate(groups[:max_groups], 1):
+        shown = group[:max_per_group]
+        cards = "".join(_card(locate(m.path), m.path, m.score) for m in shown)
+        more = (f'<div class="note">{len(group) - len(shown)} more images of this group not '
+                f'shown</div>' if len(group) > len(shown) else "")
+        hidden_images += len(group) - len(shown)
+        sections.append(f"<h2>Group {n}: {len(group)} images</h2><div class=\"grid\">{cards}"
+                        f"</div>{more}")
     body = "".join(sections) or "<p>No near-duplicates at this threshold.</p>"
-    note = (f"{len(groups)} group{'s' if len(groups) != 1 else ''} of images whose fc7 cosine similarity is at least "
-            f"{threshold} (score: best similarity to another member), from {source}")
+    left = groups[max_groups:]
+    note = (f"{len(groups)} group{'s' if len(groups) != 1 else ''} of images whose {scores} is at least "
+            f"{threshold} (score: best similarity to another member), from {source}.")
+    if left or hidden_images:
+        note += (f" Left out of this page: {len(left)} groups ({sum(map(len, left))} images) "
+                 f"after the first {max_groups}, and {hidden_images} images of the groups "
+                 f"shown (at most {max_per_group} a group).")
+        if pairs_file is not None:
+            note += f" Every pair is in {pairs_file}."
     Path(out).write_text(_page("Near-duplicate images", note, body), encoding="utf-8")

@@ -30,6 +30,7 @@ from estimator_vgg.manifest import (LIST_COPY, MANIFEST, Fingerprint, Manifest, 
 log = logging.getLogger(__name__)
 
 STAGING = ".staging"        # Ray shards' parts before the driver lists them (hidden from readers)
+INDEX = "index"             # `estimator-vgg index` writes there (index.py); --overwrite deletes it
 STAGING_MARK = "run-id"
 
 
@@ -51,14 +52,7 @@ class Store:
         Holds an exclusive lock on `<output.dir>/.lock` until the process ends, so two runs
         can never write the same output at once.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.dir / ".lock", "a")
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise OutputError(f"another run is writing to output.dir {self.dir} (it holds "
-                              f"{self.dir / '.lock'}); wait for it to finish, or use another "
-                              f"output.dir") from None
+        self._lock = lock_output(self.dir)
         path = self.dir / MANIFEST
         if overwrite:
             self._clear()
@@ -84,6 +78,8 @@ class Store:
                               f"output.dir or set output.overwrite=true to replace them")
         if self.manifest is None:
             self.manifest = Manifest(fingerprint=fingerprint)
+        if not self.manifest.output_id:
+            self.manifest.output_id = new_output_id()
         self.manifest.config = config
         self._remove_uncommitted()
         self._write_manifest()
@@ -91,7 +87,7 @@ class Store:
     def _clear(self) -> None:
         (self.dir / MANIFEST).unlink(missing_ok=True)  # first: its parts are gone from now on
         (self.dir / LIST_COPY).unlink(missing_ok=True)  # the input list it was made from
-        for d in (writer.FEATURES, writer.ERRORS):
+        for d in (writer.FEATURES, writer.ERRORS, INDEX):  # the index of the old rows too
             if (self.dir / d).exists():
                 log.info("output.overwrite: deleting %s", self.dir / d)
                 shutil.rmtree(self.dir / d)
@@ -179,6 +175,38 @@ class Store:
     def _write_manifest(self) -> None:
         text = self.manifest.to_json()
         writer.commit_file(self.dir / MANIFEST, lambda f: f.write(text))
+
+
+def new_output_id() -> str:
+    return os.urandom(16).hex()
+
+
+def lock_output(out_dir: Path):
+    """Take `<output.dir>/.lock` (exclusive, not waiting) and return its open file: held until
+    the file is closed or the process ends. The job holds it while it writes parts, and
+    `estimator-vgg index` while it writes the index."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(out_dir / ".lock", "a")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise OutputError(f"another run is writing to output.dir {out_dir} (a job or "
+                          f"`estimator-vgg index`; it holds {out_dir / '.lock'}); wait for it to "
+                          f"finish, or use another output.dir") from None
+    return lock
+
+
+def ensure_output_id(out_dir: Path) -> Manifest:
+    """The output's manifest, given an output_id first if it was made before they existed.
+    The caller holds the lock (lock_output)."""
+    manifest = read_manifest(out_dir)
+    if manifest is not None and not manifest.output_id:
+        manifest.output_id = new_output_id()
+        text = manifest.to_json()
+        writer.commit_file(Path(out_dir) / MANIFEST, lambda f: f.write(text))
+    return manifest
 
 
 def write_part(out_dir: Path, fmt: str, index: int, paths: Sequence[str],

@@ -85,8 +85,8 @@ def test_duplicates_groups_the_copy_with_its_original(output, tmp_path):
                "--html", page)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines()[:4] == [
-        "1 group with cosine similarity >= 0.9999", "group 1 (2 images)",
-        "  1.0000  chelsea_cat.JPG", "  1.0000  copy_of_cat.jpg"]
+        "1 group with cosine similarity >= 0.9999 (cosine similarity of fc7, exact search)",
+        "group 1 (2 images)", "  1.0000  chelsea_cat.JPG", "  1.0000  copy_of_cat.jpg"]
     assert page.read_text().count("data:image/jpeg;base64,") == 2
 
 

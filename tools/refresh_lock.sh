@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rewrites constraints-py311.txt, the lock file run.sh and CI install through: every package
-# that `pip install -e '.[test,ray,remote,gpu]'` would install on Python 3.11 (Linux x86_64),
+# that `pip install -e '.[test,ray,remote,search,gpu]'` would install on Python 3.11 (Linux x86_64),
 # pinned with ==, sorted, estimator-vgg itself left out. Run it after changing a dependency in
 # setup.cfg, then commit setup.cfg and the lock together.
 #   tools/refresh_lock.sh                       uses python3.11 from PATH
@@ -12,7 +12,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCK="$ROOT/constraints-py311.txt"
-EXTRAS="test,ray,remote,gpu"
+EXTRAS="test,ray,remote,search,gpu"
 PY="${PYTHON:-python3.11}"
 
 v="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" || {

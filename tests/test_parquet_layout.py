@@ -1,0 +1,82 @@
+"""Features parts are written for fast reads and read back bit for bit; parts in the layout of
+earlier releases (pyarrow's defaults: snappy, many pages) and other Parquet files still read."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+
+def _matrix(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.maximum(rng.standard_normal((n, 4096), dtype=np.float32) - 0.3, 0)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 4096, 4097, 9000])
+def test_new_parts_read_through_the_fast_path_bit_for_bit(tmp_path, rows):
+    import pandas as pd
+
+    from estimator_vgg import writer
+
+    m = _matrix(rows)
+    paths = [f"d/{i}.jpg" for i in range(rows)]
+    writer.write_features(tmp_path, "parquet", 0, paths, m)
+    f = tmp_path / "features" / "part-00000.parquet"
+    pf = pq.ParquetFile(f)
+    out = np.full((rows, 4096), np.nan, np.float32)
+    assert writer._read_fc7_fast(f, pf, out)
+    assert np.array_equal(out, m)
+    got_paths, got = writer.read_parquet_part(f)
+    assert got_paths == paths and np.array_equal(got, m)
+    df = pd.read_parquet(tmp_path / "features")  # still a plain table with path and fc7
+    assert df.columns.tolist() == ["path", "fc7"] and df["path"].tolist() == paths
+    if rows:
+        assert np.array_equal(np.stack(df["fc7"].to_numpy()), m)
+
+
+@pytest.mark.parametrize("layout", ["earlier_release", "several_pages", "dictionary", "gzip"])
+def test_parts_in_other_layouts_fall_back_to_pyarrow(tmp_path, layout):
+    from estimator_vgg import writer
+
+    m = _matrix(3000, seed=1)
+    paths = [f"{i}.png" for i in range(3000)]
+    table = pa.table({"path": pa.array(paths),
+                      "fc7": pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), 4096)})
+    f = tmp_path / "part-00000.parquet"
+    kw = {"earlier_release": {},  # what writer.py wrote before (pyarrow's defaults)
+          "several_pages": dict(compression="none", use_dictionary=["path"],
+                                data_page_size=1 << 20, row_group_size=1000),
+          "dictionary": dict(compression="none", row_group_size=1000),
+          "gzip": dict(compression="gzip", use_dictionary=["path"], data_page_size=256 << 20,
+                       row_group_size=1000)}[layout]
+    # the marker claims the fast layout: only the checks of the file itself can refuse it
+    if layout != "earlier_release":
+        table = table.replace_schema_metadata({b"estimator_vgg.layout": writer.FAST_LAYOUT})
+    pq.write_table(table, f, **kw)
+    assert not writer._read_fc7_fast(f, pq.ParquetFile(f), np.empty((3000, 4096), np.float32))
+    got_paths, got = writer.read_parquet_part(f)
+    assert got_paths == paths and np.array_equal(got, m)
+
+
+def test_read_features_mixes_earlier_and_new_parts(tmp_path):
+    """An output resumed by this release after an earlier one holds parts of both layouts."""
+    from estimator_vgg import writer
+    from estimator_vgg.manifest import Fingerprint, Preprocessing
+    from estimator_vgg.store import Store
+
+    fp = Fingerprint("vgg16/fc7", "float32", "0" * 64, True,
+                     Preprocessing("r", "center_crop", True, 224, [1.0, 2.0, 3.0]),
+                     "parquet", str(tmp_path))
+    store = Store(tmp_path / "out", "parquet")
+    store.open(fp, {"input": {"dir": str(tmp_path)}}, overwrite=False)
+    a, b = _matrix(10, 2), _matrix(7, 3)
+    table = pa.table({"path": pa.array([f"a{i}" for i in range(10)]),
+                      "fc7": pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), 4096)})
+    (tmp_path / "out" / "features").mkdir()
+    writer.commit_file(tmp_path / "out" / "features" / "part-00000.parquet",
+                       lambda f: pq.write_table(table, f))
+    writer.write_errors(tmp_path / "out", 0, [])
+    store.record(0, 10, 0)
+    store.commit(1, [f"b{i}" for i in range(7)], b, [])
+    paths, m = writer.read_features(tmp_path / "out")
+    assert paths == [f"a{i}" for i in range(10)] + [f"b{i}" for i in range(7)]
+    assert np.array_equal(m, np.concatenate([a, b]))
