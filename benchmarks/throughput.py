@@ -1,6 +1,6 @@
 """Images per second and peak memory: the job against the ceiling and the peers, in one run.
 
-    .venv/bin/pip install -e '.[bench]'            # Pillow, for the seed-style script
+    ./run.sh configs/demo.yaml --dry-run            # sets up .venv (Pillow is in the base install)
     .venv/bin/python benchmarks/throughput.py [--images 48] [--reps 3]
     .venv/bin/python benchmarks/throughput.py --memory 200 2000   # peak memory vs image count
 

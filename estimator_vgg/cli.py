@@ -233,7 +233,7 @@ def neighbors_main(argv: List[str]) -> int:
     out = Path(args.output)
     try:
         nb.check_has_features(out)
-        locate = lambda path: nb.image_file(out, path)  # noqa: E731
+        locate = lambda path: nb.image_source(out, path)  # noqa: E731
         index = None if args.exact else _open_index(out)
         source = nb.describe(out)
         if args.duplicates is not None:

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -63,10 +63,46 @@ def input_root(out_dir: Path) -> Path:
     return manifest_of(out_dir).input_dir
 
 
-def image_file(out_dir: Path, path: str) -> Path:
-    """The image file of a row's `path` (what queries by path and the pages' thumbnails read):
-    the one place that turns an output's path back into a file."""
-    return input_root(out_dir) / path
+def _input_of(out_dir: Path):
+    """The input section the output was made from, as the readers of sources.py take it
+    (storage_options were redacted in the manifest: the libraries' own credentials apply)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from estimator_vgg.config import DEFAULT_EXTENSIONS, InputConfig, is_uri
+
+    recorded = dict((manifest_of(out_dir).config or {}).get("input") or {})
+    kw = {f.name: recorded[f.name] for f in dataclasses.fields(InputConfig)
+          if f.name in recorded}
+    for key in ("dir", "list"):
+        if kw.get(key) and not is_uri(kw[key]):
+            kw[key] = Path(kw[key])
+    if kw.get("dir") is None and not kw.get("list"):
+        kw["dir"] = input_root(out_dir)
+    opts = {k: v for k, v in (kw.get("storage_options") or {}).items() if v != "<redacted>"}
+    kw["storage_options"] = opts or None
+    kw["extensions"] = tuple(kw.get("extensions") or DEFAULT_EXTENSIONS)
+    return SimpleNamespace(input=InputConfig(**kw))
+
+
+def image_source(out_dir: Path, path: str) -> Union[Path, bytes, None]:
+    """The image of a row's `path`, for the pages' thumbnails and a query by path: the file
+    under input.dir, or, for a list entry, a URI or a tar member, its bytes read again (None,
+    with a warning, when they cannot be read). The one place that turns an output's path
+    back into an image."""
+    from estimator_vgg import sources
+    from estimator_vgg.config import is_uri
+    from estimator_vgg.remote import FetchError, redact
+
+    cfg = _input_of(out_dir)
+    i = cfg.input
+    if i.list is None and not is_uri(i.dir) and not (i.expand_tars and ".tar/" in path.lower()):
+        return Path(i.dir) / path
+    try:
+        return sources.read_entry(cfg, path)
+    except FetchError as e:
+        log.warning("cannot read %s again: %s (%s)", redact(path), e.reason, e.message)
+        return None
 
 
 def describe(out_dir: Path) -> str:

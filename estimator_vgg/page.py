@@ -9,7 +9,7 @@ import base64
 import html
 import logging
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +32,34 @@ h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8p
 """
 
 
-def thumbnail_uri(file: Path) -> Optional[str]:
-    """A JPEG thumbnail of `file` as a data: URI, or None if it cannot be read."""
+def thumbnail_uri(image: Union[Path, bytes, None], label: str = "") -> Optional[str]:
+    """A JPEG thumbnail of an image (a file, or its bytes: neighbors.image_source) as a data:
+    URI, or None if it cannot be read or decoded (what only Pillow decodes, Pillow decodes)."""
     import tensorflow as tf
 
+    if image is None:
+        return None
     try:
-        img = tf.io.decode_image(tf.io.read_file(str(file)), channels=3,
-                                 expand_animations=False)
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        if not data.startswith((b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM")):
+            from estimator_vgg.reader import pillow_opens, pillow_to_bmp
+            if pillow_opens(data):
+                data = pillow_to_bmp(data, 1 << 62)
+        img = tf.io.decode_image(data, channels=3, expand_animations=False)
         img = tf.image.resize(img, [THUMB_PX, THUMB_PX], preserve_aspect_ratio=True,
                               antialias=True)
         data = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8),
                                  quality=85).numpy()
     except (tf.errors.OpError, OSError) as e:
-        log.warning("no thumbnail for %s: %s", file, e)
+        from estimator_vgg.remote import redact
+        log.warning("no thumbnail for %s: %s", redact(label or str(image)[:200]), e)
         return None
     return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _card(file: Path, label: str, score: Optional[float], query: bool = False) -> str:
-    uri = thumbnail_uri(file)
+def _card(image: Union[Path, bytes, None], label: str, score: Optional[float],
+          query: bool = False) -> str:
+    uri = thumbnail_uri(image, label)
     img = (f'<img src="{uri}" alt="{html.escape(label)}">' if uri
            else '<div class="missing">no preview</div>')
     score_html = f'<div class="score">{score:.4f}</div>' if score is not None else \
@@ -68,7 +77,7 @@ def _page(title: str, note: str, body: str) -> str:
 
 def neighbors_page(query_file: Path, query_label: str, matches: Sequence,
                    locate: Callable[[str], Path], out: Path, source: str) -> None:
-    """`locate(path)` gives the image file of an output's path (neighbors.image_file)."""
+    """`locate(path)` gives the image of an output's path (neighbors.image_source)."""
     cards = [_card(query_file, query_label, None, query=True)]
     cards += [_card(locate(m.path), m.path, m.score) for m in matches]
     body = f'<div class="grid">{"".join(cards)}</div>'

@@ -273,3 +273,24 @@ def test_only_the_parts_that_need_python_go_through_it(tmp_path, local_output):
     for n in LOOSE:  # read by TensorFlow, as from a folder of JPEGs, PNGs and GIFs only
         np.testing.assert_array_equal(fc7[n], local_output[n])
     assert "zz/cat.webp" in fc7
+
+
+def test_neighbors_pages_read_list_entries_uris_and_tar_members_back(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    (d / "shard.tar").write_bytes(make_tar([(f"s/{n}", (DEMO / n).read_bytes())
+                                            for n in LOOSE[:2]]))
+    with serve({"/r/coffee_small.jpg": (DEMO / "coffee_small.jpg").read_bytes()}) as srv:
+        lst = tmp_path / "l.txt"
+        lst.write_text(f"{srv.url('/r/coffee_small.jpg?sig=s3cr3t')}\nshard.tar\n"
+                       f"{DEMO / 'retina.gif'}\n")
+        r = run_yaml(tmp_path, {"list": str(lst), "dir": str(d), "expand_tars": True},
+                     tmp_path / "out")
+        assert r.returncode == 0, r.stderr[-3000:]
+        page = tmp_path / "page.html"
+        q = run_py("-m", "estimator_vgg", "neighbors", tmp_path / "out", "shard.tar/s/" + LOOSE[0],
+                   "-k", "3", "--exact", "--html", page, cwd=tmp_path)
+        assert q.returncode == 0, q.stderr[-3000:]
+    text = page.read_text()
+    assert text.count("data:image/jpeg;base64,") == 4 and "no preview" not in text  # query + 3
+    assert "s3cr3t" not in q.stderr
