@@ -111,7 +111,7 @@ def run_main(argv: List[str]) -> int:
                         help="list what would be done (files by extension, done, to do, "
                              "devices, weights) without loading TensorFlow or the model")
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete features, errors and manifest already in output.dir and "
+                        help="delete features, errors, manifest and index already in output.dir and "
                              "start afresh (same as output.overwrite=true)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show TensorFlow's own log lines and full tracebacks")

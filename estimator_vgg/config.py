@@ -166,8 +166,8 @@ class OutputConfig:
                        default="parquet")
     rows_per_part: int = _doc("Rows per output part file; bounds the memory the writer holds.",
                               default=1024)
-    overwrite: bool = _doc("Start afresh: delete the features, errors and manifest already in "
-                           "`output.dir` (nothing else there). Without it a rerun resumes, and "
+    overwrite: bool = _doc("Start afresh: delete the features, errors, manifest and search "
+                           "index already in `output.dir` (nothing else there). Without it a rerun resumes, and "
                            "refuses if the weights or preprocessing differ.", default=False)
 
 

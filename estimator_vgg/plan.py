@@ -49,7 +49,7 @@ def dry_run(cfg: Config) -> str:
     manifest = read_manifest(cfg.output.dir)
     state = "new output"
     if cfg.output.overwrite:
-        state = "output.overwrite: existing features, errors and manifest would be deleted"
+        state = "output.overwrite: existing features, errors, manifest and index would be deleted"
     elif manifest is not None:
         first, repeats = sources.committed_counts(cfg.output.dir, manifest)
         state = (f"resuming ({len(manifest.parts)} parts committed; weights and "

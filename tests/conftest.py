@@ -159,6 +159,11 @@ QUICK = {
                       "test_a_listed_part_missing_on_disk_says_the_output_is_damaged_and_what"
                       "_to_do"],
     "test_neighbors.py": ["test_pages_render_their_thumbnails_in_a_real_browser"],
+    "test_parquet_layout.py": "*",
+    "test_index.py": ["test_approximate_kinds_find_the_exact_neighbours_and_the_planted_duplicates"
+                      "[ivf]",
+                      "test_auto_picks_the_kind_from_rows_and_memory_and_says_why",
+                      "test_the_duplicates_page_is_bounded_and_counts_what_it_left_out"],
 }
 
 

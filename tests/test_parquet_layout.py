@@ -37,22 +37,22 @@ def test_new_parts_read_through_the_fast_path_bit_for_bit(tmp_path, rows):
 def test_parts_in_other_layouts_fall_back_to_pyarrow(tmp_path, layout):
     from estimator_vgg import writer
 
-    m = _matrix(3000, seed=1)
-    paths = [f"{i}.png" for i in range(3000)]
+    m = _matrix(1200, seed=1)
+    paths = [f"{i}.png" for i in range(1200)]
     table = pa.table({"path": pa.array(paths),
                       "fc7": pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), 4096)})
     f = tmp_path / "part-00000.parquet"
     kw = {"earlier_release": {},  # what writer.py wrote before (pyarrow's defaults)
           "several_pages": dict(compression="none", use_dictionary=["path"],
-                                data_page_size=1 << 20, row_group_size=1000),
-          "dictionary": dict(compression="none", row_group_size=1000),
+                                data_page_size=1 << 20, row_group_size=500),
+          "dictionary": dict(compression="none", row_group_size=500),
           "gzip": dict(compression="gzip", use_dictionary=["path"], data_page_size=256 << 20,
-                       row_group_size=1000)}[layout]
+                       row_group_size=500)}[layout]
     # the marker claims the fast layout: only the checks of the file itself can refuse it
     if layout != "earlier_release":
         table = table.replace_schema_metadata({b"estimator_vgg.layout": writer.FAST_LAYOUT})
     pq.write_table(table, f, **kw)
-    assert not writer._read_fc7_fast(f, pq.ParquetFile(f), np.empty((3000, 4096), np.float32))
+    assert not writer._read_fc7_fast(f, pq.ParquetFile(f), np.empty((1200, 4096), np.float32))
     got_paths, got = writer.read_parquet_part(f)
     assert got_paths == paths and np.array_equal(got, m)
 
