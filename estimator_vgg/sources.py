@@ -54,6 +54,8 @@ class Listing:
     lines: Optional[List[str]] = None  # a list's entries as read (for the append check)
     labels: Optional[List[str]] = None  # where each is in the list file: "line 7", "row 7"
     tars: int = 0
+    tar_of: Dict[int, str] = field(default_factory=dict)  # index: the key of its tar (members,
+    # `<tar>/`, and the tar's own row when it could not be opened)
 
     def add(self, key: str, where: Optional[Where], preset: Optional[Tuple[str, str]] = None):
         if preset is not None:
@@ -149,6 +151,14 @@ def _add_tar(cfg: Config, listing: Listing, key: str, where: Where) -> None:
     """Every image member of the tar as an entry, then `<tar>/` (bad_archive) if it is
     damaged; headers only are read (a remote tar by ranged requests)."""
     listing.tars += 1
+    before = len(listing.keys)
+    try:
+        _tar_entries(cfg, listing, key, where)
+    finally:
+        listing.tar_of.update((k, key) for k in range(before, len(listing.keys)))
+
+
+def _tar_entries(cfg: Config, listing: Listing, key: str, where: Where) -> None:
     exts = set(cfg.input.extensions)
     try:
         if where.remote:
@@ -332,8 +342,11 @@ def todo(listing: Listing, first: Counter, repeats: Counter) -> List[int]:
     path other than duplicate_entry; `repeats`: duplicate_entry rows per path. A list walked
     in order consumes them: its k-th occurrence of a path is done while rows remain."""
     first, repeats = Counter(first), Counter(repeats)
+    settled = _settled_tars(listing, first)
     out = []
     for n, key in enumerate(listing.keys):
+        if n in settled:
+            continue
         counter = repeats if listing.preset.get(n, ("",))[0] == DUPLICATE else first
         key = display_path(key)  # as the tables hold it
         if counter[key] > 0:
@@ -341,6 +354,41 @@ def todo(listing: Listing, first: Counter, repeats: Counter) -> List[int]:
         else:
             out.append(n)
     return out
+
+
+def _settled_tars(listing: Listing, first: Counter) -> set:
+    """Indices of tar entries whose tar reads otherwise than on an earlier run that committed
+    rows for it; those rows stand, so the tar adds none now (its line stays one account):
+    - the tar could not be opened then (its own row, e.g. `missing`) and can now: failed
+      entries are not retried, so its members are not added;
+    - it was read then (member or `<tar>/` rows) and cannot be opened now: no row for it."""
+    if not listing.tar_of:
+        return set()
+    groups: Dict[str, List[int]] = {}
+    for n, tar in listing.tar_of.items():
+        groups.setdefault(tar, []).append(n)
+    shown = {display_path(t): t for t in groups}
+    read_before = Counter()  # committed rows under each tar
+    for path, count in first.items():
+        i = path.find("/")
+        while i != -1:
+            if path[:i] in shown:
+                read_before[shown[path[:i]]] += count
+            i = path.find("/", i + 1)
+    settled = set()
+    for tar, indices in groups.items():
+        fails_now = any(listing.keys[n] == tar for n in indices)
+        name = remote.redact(display_path(tar))
+        if fails_now and read_before[tar]:
+            settled.update(indices)
+            log.warning("the tar %s cannot be read now (%s); its %d row(s) from an earlier "
+                        "run stand", name, listing.preset[indices[0]][0], read_before[tar])
+        elif not fails_now and first[display_path(tar)] > 0:
+            settled.update(indices)
+            log.warning("the tar %s could not be read on an earlier run, and its row stands: "
+                        "failed entries are not retried, so its members are not added (use "
+                        "another output.dir, or --overwrite, to read it)", name)
+    return settled
 
 
 def committed_counts(out_dir: Path, manifest) -> Tuple[Counter, Counter]:

@@ -117,6 +117,33 @@ def test_a_tar_shard_is_its_image_members_and_a_damaged_one_says_where(tmp_path)
     assert sources.build(make_config(tmp_path, input={"dir": str(d)})).keys == ["loose.jpg"]
 
 
+def test_a_tar_that_reads_otherwise_on_a_rerun_keeps_its_earlier_rows(tmp_path, caplog):
+    """A list line naming a tar is one account: the rows an earlier run committed for it
+    stand, whether the tar has appeared since (failed entries are not retried) or gone."""
+    jpg = (DEMO / "coffee_small.jpg").read_bytes()
+    d = tmp_path / "imgs"
+    d.mkdir()
+    (d / "loose.jpg").write_bytes(jpg)
+    lst = _write_list(tmp_path / "l.txt", ["shard.tar", "loose.jpg"])
+    cfg = make_config(tmp_path, input={"dir": str(d), "list": str(lst), "expand_tars": True})
+    gone = sources.build(cfg)  # no tar yet: one row `missing` for its line
+    assert gone.keys == ["shard.tar", "loose.jpg"] and gone.preset[0][0] == "missing"
+    (d / "shard.tar").write_bytes(make_tar([("a.jpg", jpg), ("b.jpg", jpg)]))
+    there = sources.build(cfg)
+    assert there.keys == ["shard.tar/a.jpg", "shard.tar/b.jpg", "loose.jpg"]
+    # the first run committed the `missing` row: the tar that appeared adds nothing
+    assert sources.todo(there, Counter({"shard.tar": 1, "loose.jpg": 1}), Counter()) == []
+    assert "could not be read on an earlier run" in caplog.text
+    # a run that read the tar, then the tar was deleted: its rows stand, no `missing` row
+    done = Counter({"shard.tar/a.jpg": 1, "shard.tar/b.jpg": 1, "loose.jpg": 1})
+    assert sources.todo(there, done, Counter()) == []
+    assert sources.todo(gone, done, Counter()) == []
+    assert "cannot be read now (missing); its 2 row(s) from an earlier run" in caplog.text
+    # otherwise resuming is as for any entry: a crash after a.jpg redoes b.jpg and loose.jpg
+    assert sources.todo(there, Counter({"shard.tar/a.jpg": 1}), Counter()) == [1, 2]
+    assert sources.todo(gone, Counter(), Counter()) == [0, 1]
+
+
 def test_the_exif_orientation_is_read_from_the_jpeg_header():
     from PIL import Image
 
