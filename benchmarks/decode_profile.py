@@ -11,6 +11,12 @@ Variants (each a tf.data pipeline over the same generated JPEGs, no model):
   job        the job's own input_fn (skip_bad=True, parts of 1024): all of the above
   job-fast   the job's input_fn with preprocess.fast_decode (when the key exists)
 The images are made by throughput.py's make_images (10% camera-size photos).
+
+    .venv/bin/python benchmarks/decode_profile.py --scales
+
+--scales: what DCT scaling can save on the camera-size photos of that mix (shorter side 1500
+and more): ms per image, one thread, of tf.io.decode_jpeg at ratio 1, 2, 4 and 8 and of the
+fast path's windowed decode and resize (preprocess.center_crop_jpeg), each a tf.function.
 """
 from __future__ import annotations
 
@@ -98,20 +104,52 @@ def _rate(make) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _scales(images: Path) -> None:
+    import tensorflow as tf
+
+    from estimator_vgg import preprocess as pp
+
+    data = [tf.constant(p.read_bytes()) for p in sorted(images.glob("*.jpg"))]
+    camera = [d for d in data if min(tf.io.extract_jpeg_shape(d).numpy()[:2]) >= 1500]
+    steps = {f"decode_jpeg ratio {r}": tf.function(
+        lambda c, r=r: tf.io.decode_jpeg(c, channels=3, ratio=r)) for r in pp.DCT_RATIOS}
+    steps["fast path (window, DCT to 896, resize)"] = tf.function(pp.center_crop_jpeg)
+    print(f"{len(camera)} camera-size JPEGs of {len(data)}; ms per image, one thread (mean of 3)")
+    for name, f in steps.items():
+        for c in camera:  # trace and warm up
+            f(c)
+        times = []
+        for _ in range(3):
+            for c in camera:
+                start = time.perf_counter()
+                f(c)
+                times.append(time.perf_counter() - start)
+        print(f"| {name} | {1e3 * statistics.mean(times):.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=192)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--only", nargs="+", help="variants to run (default: all)")
+    ap.add_argument("--scales", action="store_true",
+                    help="decode time of the camera-size photos at each DCT scale instead")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from throughput import machine, make_images
 
+    if args.scales:  # one thread, set before TensorFlow starts (make_images starts it)
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     print(f"# {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "images"
         make_images(images, args.images)
+        if args.scales:
+            _scales(images)
+            return
         rates: dict = {}
         for threads in args.threads:
             pipes = _pipelines(images, threads)
