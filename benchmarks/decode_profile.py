@@ -8,6 +8,9 @@ Variants (each a tf.data pipeline over the same generated JPEGs, no model):
   +check     plain with the header pixel check before decoding (preprocess.check_pixels)
   +ignore    plain with ignore_errors() after the map (failed files dropped)
   +parts     plain cut per output part (flat_map over parts of 64, batches within a part)
+  fused      the job's map (pixel check, path key, 4 images in flight per thread) fused with
+             the batch, ignore_errors after the batch: what the handling would cost if a
+             failed image dropped its whole batch (not what the job does: a lead)
   job        the job's own input_fn (skip_bad=True, parts of 1024): all of the above
   job-fast   the job's input_fn with preprocess.fast_decode (when the key exists)
 The images are made by throughput.py's make_images (10% camera-size photos).
@@ -66,12 +69,19 @@ def _pipelines(images: Path, threads: int):
             ds = one(tf.data.Dataset.from_tensor_slices(files))
         return ds.prefetch(2)
 
+    def fused():
+        ds = tf.data.Dataset.from_tensor_slices((files, paths)).map(
+            lambda f, k: {"image": plain(tf.io.read_file(f), True), "path": k},
+            num_parallel_calls=4 * threads, deterministic=True)
+        return ds.batch(8).ignore_errors().prefetch(2)
+
     sizes = [len(paths[i:i + 1024]) for i in range(0, len(paths), 1024)]
     out = {
         "plain": lambda: simple(),
         "+check": lambda: simple(check=True),
         "+ignore": lambda: simple(ignore=True),
         "+parts": lambda: simple(parts=64),
+        "fused": lambda: fused(),
         "job": lambda: input_fn(cfg, paths, part_sizes=sizes, skip_bad=True)(),
     }
     if hasattr(cfg.preprocess, "fast_decode"):
