@@ -9,9 +9,12 @@ Variants (each a tf.data pipeline over the same generated JPEGs, no model):
   +ignore    plain with ignore_errors() after the map (failed files dropped)
   +parts     plain cut per output part (flat_map over parts of 64, batches within a part)
   fused      the job's map (pixel check, path key, 4 images in flight per thread) fused with
-             the batch, ignore_errors after the batch: what the handling would cost if a
-             failed image dropped its whole batch (not what the job does: a lead)
-  job        the job's own input_fn (skip_bad=True, parts of 1024): all of the above
+             the batch, ignore_errors after the batch (job without its part padding)
+  job        the job's own input_fn for local files (skip_bad=True, whole_batches=True,
+             parts of 1024): the check, per-part batches, a batch with a failed image dropped
+             whole (parts.py computes that part again image by image)
+  job-refill the default form (what the job uses for the Python stage and for parts that
+             lost a batch): failed images dropped one by one, batches refilled
   job-fast   the job's input_fn with preprocess.fast_decode (when the key exists)
 The images are made by throughput.py's make_images (10% camera-size photos).
 
@@ -82,14 +85,17 @@ def _pipelines(images: Path, threads: int):
         "+ignore": lambda: simple(ignore=True),
         "+parts": lambda: simple(parts=64),
         "fused": lambda: fused(),
-        "job": lambda: input_fn(cfg, paths, part_sizes=sizes, skip_bad=True)(),
+        "job": lambda: input_fn(cfg, paths, part_sizes=sizes, skip_bad=True,
+                                whole_batches=True)(),
+        "job-refill": lambda: input_fn(cfg, paths, part_sizes=sizes, skip_bad=True)(),
     }
     if hasattr(cfg.preprocess, "fast_decode"):
         fast = load_config(None, input={"dir": str(images), "decode_threads": threads},
                            output={"dir": str(images.parent / "out")},
                            model={"weights": "synthetic"}, devices={"batch_size": 8},
                            preprocess={"fast_decode": True})
-        out["job-fast"] = lambda: input_fn(fast, paths, part_sizes=sizes, skip_bad=True)()
+        out["job-fast"] = lambda: input_fn(fast, paths, part_sizes=sizes, skip_bad=True,
+                                           whole_batches=True)()
     try:  # the same local files through the Python stage (what remote entries, tar members,
         # Pillow and EXIF go through; a local folder takes it only when one of those is needed)
         from estimator_vgg.reader import Reader

@@ -41,8 +41,11 @@ extra = {"preprocess": {"fast_decode": True}} if variant == "fast" else {}
 cfg = load_config(None, input={"dir": images, "decode_threads": threads},
                   output={"dir": str(Path(images).parent / "out")}, model={"weights": "synthetic"},
                   devices={"batch_size": 8}, **extra)
-make = input_fn(cfg, paths, part_sizes=[len(paths[i:i + 1024]) for i in range(0, len(paths), 1024)],
-                skip_bad=True)
+sizes = [len(paths[i:i + 1024]) for i in range(0, len(paths), 1024)]
+try:  # what the job runs over local files (whole_batches: a release after eba0a06)
+    make = input_fn(cfg, paths, part_sizes=sizes, skip_bad=True, whole_batches=True)
+except TypeError:
+    make = input_fn(cfg, paths, part_sizes=sizes, skip_bad=True)
 options = tf.data.Options()
 options.threading.private_threadpool_size = threads  # the base release had no such setting
 options.autotune.enabled = False

@@ -231,7 +231,8 @@ def decode(images: Path, precision: str) -> dict:
         ds = input_fn(cfg, paths)().with_options(options)
     else:
         sizes = [len(paths[i:i + 1024]) for i in range(0, len(paths), 1024)]
-        ds = input_fn(cfg, paths, part_sizes=sizes, skip_bad=True)().with_options(options)
+        ds = input_fn(cfg, paths, part_sizes=sizes, skip_bad=True,  # as the job, local files
+                      whole_batches=True)().with_options(options)
     start = time.perf_counter()
     count = sum(int(b["image"].shape[0]) for b in ds)
     return {"images": count, "seconds": time.perf_counter() - start}

@@ -45,7 +45,7 @@ import numpy as np
 
 from estimator_vgg import writer
 from estimator_vgg.manifest import Manifest
-from estimator_vgg.neighbors import Match, SearchError, _unit, manifest_of
+from estimator_vgg.neighbors import Match, SearchError, _unit, groups_of, manifest_of
 from estimator_vgg.recipe import FC7_DIM
 
 log = logging.getLogger(__name__)
@@ -796,32 +796,6 @@ class SearchIndex:
         """Groups linked by score >= threshold (single linkage), largest first, as
         neighbors.duplicate_groups gives them."""
         return groups_of(*self.duplicate_pairs(threshold), self.path_of)
-
-
-def groups_of(a: np.ndarray, b: np.ndarray, s: np.ndarray,
-              path_of: Callable[[int], str]) -> List[List[Match]]:
-    """Single-linkage groups of pairs (a, b, score), largest first; each member's score is its
-    best similarity to another member of its group."""
-    parent: Dict[int, int] = {}
-    best: Dict[int, float] = {}
-
-    def find(i):
-        parent.setdefault(i, i)
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j, sc in zip(a.tolist(), b.tolist(), s.tolist()):
-        best[i] = max(best.get(i, -1.0), sc)
-        best[j] = max(best.get(j, -1.0), sc)
-        parent[find(i)] = find(j)
-    groups: Dict[int, List[int]] = {}
-    for i in best:
-        groups.setdefault(find(i), []).append(i)
-    out = [sorted((Match(path_of(i), best[i]) for i in members), key=lambda m: m.path)
-           for members in groups.values()]
-    return sorted(out, key=lambda g: (-len(g), g[0].path))
 
 
 def write_pairs(file: Path, a, b, s, path_of: Callable[[int], str]) -> None:

@@ -20,7 +20,8 @@ IN_FLIGHT_PER_THREAD = 4  # images in flight per decode thread (benchmarks/decod
 def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = None,
              part_sizes: Optional[Sequence[int]] = None, skip_bad: bool = False,
              files: Optional[Sequence[str]] = None, reader=None,
-             python_parts: Optional[Sequence[bool]] = None) -> Callable[[], tf.data.Dataset]:
+             python_parts: Optional[Sequence[bool]] = None,
+             whole_batches: bool = False) -> Callable[[], tf.data.Dataset]:
     """The input_fn for `Estimator.predict` over `paths` (relative to `root`, default input.dir).
 
     A step takes `devices.batch_size` images per tower; the last batch may be smaller. The
@@ -38,6 +39,13 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     (remote objects, tar members, Pillow, EXIF) instead of TensorFlow reading local files.
     python_parts: which parts it serves (its entries are those parts' paths, in order);
     default: every part when there is a reader.
+    whole_batches (with skip_bad, no reader): the fast form for local files. Each part is
+    cut into batches of consecutive entries (its last one shorter), decoded with the map and
+    the batch fused, and a batch in which any image fails is dropped whole, good images and
+    all; otherwise the batches are those of the default form. The caller finds the dropped
+    batches (a batch that does not start where the previous one ended) and computes their
+    parts again the default way (parts.py). Where nothing fails this decodes as fast as a
+    pipeline with no bad-file handling (benchmarks/decode_profile.py, `fused`).
     """
     if not paths:
         raise ValueError("input_fn: the list of paths is empty")
@@ -79,6 +87,13 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
         raise ValueError(f"input_fn: {len(runs)} runs of parts alternate between the Python "
                          f"stage and TensorFlow, more than {MAX_RUNS}")
 
+    if whole_batches:
+        if not skip_bad or reader is not None or (python_parts is not None and any(python_parts)):
+            raise ValueError("input_fn: whole_batches is for skip_bad over local files only")
+        return _whole_batches(files, keys, sizes, batch, threads, prefetch,
+                              lambda contents: preprocess(contents, policy, antialias,
+                                                          max_pixels, dct, fast))
+
     def make() -> tf.data.Dataset:
         all_files = tf.constant(files)
         all_keys = tf.constant(keys)
@@ -110,15 +125,59 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
             one = one.filter(lambda start, size: size > 0).flat_map(
                 lambda start, size, python=python: part(start, size, python))
             ds = one if ds is None else ds.concatenate(one)
-        ds = ds.prefetch(prefetch)
-        options = tf.data.Options()
-        options.deterministic = True
-        # Decoding gets input.decode_threads threads of its own, never more, so on a CPU it
-        # shares the cores with the model by the number the config names.
-        options.threading.private_threadpool_size = threads
-        # Fixed parallelism instead of autotune: with autotune on, runs were seen idling for
-        # 8-15 s at the end while the iterator's destructor waited on the autotune thread.
-        options.autotune.enabled = False
-        return ds.with_options(options)
+        return ds.prefetch(prefetch).with_options(_options(threads))
+
+    return make
+
+
+def _options(threads: int) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    # Decoding gets input.decode_threads threads of its own, never more, so on a CPU it
+    # shares the cores with the model by the number the config names.
+    options.threading.private_threadpool_size = threads
+    # Fixed parallelism instead of autotune: with autotune on, runs were seen idling for
+    # 8-15 s at the end while the iterator's destructor waited on the autotune thread.
+    options.autotune.enabled = False
+    return options
+
+
+def _whole_batches(files: Sequence[bytes], keys: Sequence[bytes], sizes: Sequence[int],
+                   batch: int, threads: int, prefetch: int,
+                   image: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[], tf.data.Dataset]:
+    """input_fn(whole_batches=True): every part padded to whole batches with a 1x1 JPEG
+    (dropped again before the model), so one fused map-and-batch over all entries never
+    mixes two parts in a batch; ignore_errors after the batch drops a failed batch whole."""
+    from estimator_vgg.preprocess import _TINY_JPEG
+
+    padded_files, padded_keys, pads = [], [], []
+    start = 0
+    for size in sizes:
+        part = slice(start, start + size)
+        start += size
+        if not size:
+            continue
+        extra = -size % batch
+        padded_files += [*files[part], *[files[part.start]] * extra]  # read, then not used
+        padded_keys += [*keys[part], *[b""] * extra]
+        pads += [False] * size + [True] * extra
+
+    def load(file, key, pad):
+        contents = tf.where(pad, tf.constant(_TINY_JPEG), tf.io.read_file(file))
+        return {"image": image(contents), "path": key, "keep": tf.logical_not(pad)}
+
+    def without_pads(b):
+        def drop():
+            return {"image": tf.boolean_mask(b["image"], b["keep"]),
+                    "path": tf.boolean_mask(b["path"], b["keep"])}
+        return tf.cond(tf.reduce_all(b["keep"]), lambda: {"image": b["image"],
+                                                          "path": b["path"]}, drop)
+
+    def make() -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(padded_files),
+                                                 tf.constant(padded_keys), tf.constant(pads)))
+        ds = ds.map(load, num_parallel_calls=IN_FLIGHT_PER_THREAD * threads, deterministic=True)
+        ds = ds.batch(batch).ignore_errors().map(without_pads).prefetch(prefetch)
+        return ds.with_options(_options(threads))
 
     return make

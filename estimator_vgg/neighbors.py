@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -228,6 +228,31 @@ def duplicate_pairs(out_dir: Path, threshold: float
 def duplicate_groups(out_dir: Path, threshold: float) -> List[List[Match]]:
     """Groups of rows linked by cosine similarity >= threshold (single linkage), largest first,
     exactly. Each member's score is its best similarity to another member of its group."""
-    from estimator_vgg.index import groups_of
     names, a, b, s = duplicate_pairs(out_dir, threshold)
     return groups_of(a, b, s, names.__getitem__)
+
+
+def groups_of(a: np.ndarray, b: np.ndarray, s: np.ndarray,
+              path_of: Callable[[int], str]) -> List[List[Match]]:
+    """Single-linkage groups of pairs (a, b, score), largest first; each member's score is its
+    best similarity to another member of its group."""
+    parent: Dict[int, int] = {}
+    best: Dict[int, float] = {}
+
+    def find(i):
+        parent.setdefault(i, i)
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j, sc in zip(a.tolist(), b.tolist(), s.tolist()):
+        best[i] = max(best.get(i, -1.0), sc)
+        best[j] = max(best.get(j, -1.0), sc)
+        parent[find(i)] = find(j)
+    groups: Dict[int, List[int]] = {}
+    for i in best:
+        groups.setdefault(find(i), []).append(i)
+    out = [sorted((Match(path_of(i), best[i]) for i in members), key=lambda m: m.path)
+           for members in groups.values()]
+    return sorted(out, key=lambda g: (-len(g), g[0].path))

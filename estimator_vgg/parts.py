@@ -27,6 +27,7 @@ from estimator_vgg.estimator import build_estimator
 from estimator_vgg.faults import fault
 from estimator_vgg.input import MAX_RUNS, input_fn
 from estimator_vgg.listing import display_path
+from estimator_vgg.manifest import part_name
 from estimator_vgg.remote import redact
 from estimator_vgg.sources import DUPLICATE, Where, python_needed
 
@@ -259,7 +260,7 @@ class InputWait:
 
 
 def _stream_rows(cfg: Config, prepared, feed: List[List[int]], parts: List[Part],
-                 accountant: Accountant, start: float, on_batch: Callable[[], None],
+                 accountant: Accountant, start: float, on_batch: Callable[..., None],
                  wait: InputWait, read_errors: Dict[str, Tuple[str, str]]) -> float:
     """Predict the entries at the positions `feed` (one list per part) and hand every row to
     the accountant in listing order; returns the seconds from `start` (a time.time()) to the
@@ -293,16 +294,27 @@ def _stream_rows(cfg: Config, prepared, feed: List[List[int]], parts: List[Part]
                  ", ".join(tower_devices(cfg.devices)), cfg.devices.batch_size * cfg.towers,
                  len(feed), f" ({sum(python_parts)} read by the Python stage, "
                  f"{cfg.input.read_concurrency} threads)" if reader is not None else "")
-        predictions = est.predict(
-            input_fn(cfg, keys, part_sizes=[len(f) for f in feed], skip_bad=True, files=files,
-                     reader=reader, python_parts=python_parts),
-            yield_single_examples=False, checkpoint_path=prepared.checkpoint,
-            hooks=[wait.hook()])
-        for batch in predictions:
+        sizes = [len(f) for f in feed]
+
+        def predict(input_function, hooks=()):
+            return est.predict(input_function, yield_single_examples=False,
+                               checkpoint_path=prepared.checkpoint, hooks=list(hooks))
+
+        def first(batch) -> None:
+            nonlocal first_batch_s
             fault("batch")
             if not first_batch_s:
                 first_batch_s = time.time() - start
                 log.info("first batch after %.1f s", first_batch_s)
+
+        if reader is None:  # local files only: whole batches, parts that lost one again
+            _whole_batch_rows(cfg, keys, files, sizes, [part_name(p.index) for p in parts], predict, first,
+                              accountant, on_batch, wait)
+            return first_batch_s
+        for batch in predict(input_fn(cfg, keys, part_sizes=sizes, skip_bad=True, files=files,
+                                      reader=reader, python_parts=python_parts),
+                             [wait.hook()]):
+            first(batch)
             for key, row in zip(batch["path"], batch["fc7"]):
                 accountant.row(key.decode("utf-8", "surrogateescape"), row)
             on_batch()
@@ -310,6 +322,82 @@ def _stream_rows(cfg: Config, prepared, feed: List[List[int]], parts: List[Part]
         if reader is not None:
             reader.close()
     return first_batch_s
+
+
+REDONE_PARTS = 2  # parts computed again after losing a batch before the run stops trying
+
+
+def _whole_batch_rows(cfg: Config, keys: List[str], files: Optional[List[str]],
+                      sizes: List[int], names: List[str], predict, first, accountant: Accountant,
+                      on_batch: Callable[..., None], wait: InputWait) -> None:
+    """The rows of local files, fast: input_fn(whole_batches=True) drops a batch whole when
+    any of its images fails, so a part is handed to the accountant only once all its batches
+    arrived; a part that lost one is computed again the default way (image by image, failed
+    images dropped, batches refilled), which is what every part gets without this, so the
+    rows are the same either way, to the bit. After REDONE_PARTS such parts (a folder with
+    many bad files) the rest of the run goes the default way, so no part is computed twice
+    more than that many times."""
+    bounds = [0, *itertools.accumulate(sizes)]
+    redone = 0
+
+    def position(name: str, after: int) -> int:  # batches come in order: search forward
+        n = after
+        while keys[n] != name:
+            n += 1
+        return n
+
+    def default_way(a: int, b: int) -> None:  # parts a..b-1
+        lo, hi = bounds[a], bounds[b]
+        if lo == hi:
+            return
+        for batch in predict(input_fn(cfg, keys[lo:hi], part_sizes=sizes[a:b], skip_bad=True,
+                                      files=files[lo:hi] if files is not None else None)):
+            first(batch)
+            for key, row in zip(batch["path"], batch["fc7"]):
+                accountant.row(key.decode("utf-8", "surrogateescape"), row)
+            on_batch()
+
+    q, got, lost = 0, [], False  # the part being filled, its rows so far, whether it lost one
+
+    def close_part() -> None:
+        nonlocal q, got, lost, redone
+        if lost or len(got) != sizes[q]:
+            redone += 1
+            log.info("%s lost a batch to a file that failed: computing it again image by "
+                     "image", names[q])
+            default_way(q, q + 1)
+        else:
+            for key, row in got:
+                accountant.row(key, row)
+            on_batch()
+        q, got, lost = q + 1, [], False
+
+    main = predict(input_fn(cfg, keys, part_sizes=sizes, skip_bad=True, files=files,
+                            whole_batches=True), [wait.hook()])
+    try:
+        for batch in main:
+            first(batch)
+            rows = [k.decode("utf-8", "surrogateescape") for k in batch["path"]]
+            at = position(rows[0], bounds[q] + len(got))
+            while at >= bounds[q + 1]:  # the stream is past part q
+                close_part()
+            if at != bounds[q] + len(got):
+                lost = True  # a batch of part q before this one was dropped
+            got.extend(zip(rows, batch["fc7"]))
+            if at + len(rows) == bounds[q + 1]:
+                close_part()
+            else:
+                on_batch(len(got))  # progress counts the rows held for the part
+            if redone >= REDONE_PARTS:
+                log.info("%d parts lost batches to files that failed: the rest of this run "
+                         "is decoded image by image", redone)
+                main.close()
+                default_way(q, len(sizes))  # from the part being filled, whatever it holds
+                return
+    finally:
+        main.close()
+    if q < len(sizes):  # the stream ended before these parts' last batches came
+        default_way(q, len(sizes))
 
 
 def embed_parts(cfg: Config, prepare: Callable[[], object], store, parts: List[Part],
@@ -333,8 +421,8 @@ def embed_parts(cfg: Config, prepare: Callable[[], object], store, parts: List[P
     wait = InputWait()
     if any(feed):
         first_batch_s = _stream_rows(cfg, prepare(), feed, parts, accountant, start,
-                                     on_batch=lambda: on_progress(accountant.accounted,
-                                                                  len(accountant.errors)),
+                                     on_batch=lambda held=0: on_progress(
+                                         accountant.accounted + held, len(accountant.errors)),
                                      wait=wait, read_errors=read_errors)
         wait.report(cfg)
     accountant.finish()  # what the stream did not deliver failed, or was never fed

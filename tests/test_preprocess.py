@@ -1,4 +1,6 @@
 """Preprocessing: decoding every supported format to RGB, the resize policies, Caffe's BGR/mean."""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -231,3 +233,38 @@ def test_fast_decode_reaches_the_job_and_its_fingerprint(tmp_path):
     with pytest.raises(OutputError, match="preprocessing.fast_decode: True in the output, "
                                           "False now"):
         run(exact)
+
+
+def test_whole_batches_are_the_default_batches_and_a_failure_drops_its_batch_whole(tmp_path):
+    """input_fn(whole_batches=True), the job's fast form over local files: where nothing
+    fails, the same batches (per part, the last one shorter) and the same images, to the bit,
+    as the default form; a file that fails takes exactly its own batch with it."""
+    import shutil
+
+    from conftest import make_config
+    from estimator_vgg.input import input_fn
+    from estimator_vgg.listing import list_images
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for n, p in enumerate(sorted(list_images(DEMO, ["jpg", "png"])) * 2):
+        shutil.copy(DEMO / p, d / f"{n:02d}{os.path.splitext(p)[1]}")
+    paths = sorted(list_images(d, ["jpg", "png"]))
+    cfg = make_config(tmp_path, input={"dir": str(d)}, devices={"batch_size": 3})
+    sizes = [5, 0, len(paths) - 5]  # an empty part (all blocked) in between
+
+    def batches(**kw):
+        return [(list(b["path"].numpy()), b["image"].numpy())
+                for b in input_fn(cfg, paths, part_sizes=sizes, skip_bad=True, **kw)()]
+
+    default, whole = batches(), batches(whole_batches=True)
+    rest = len(paths) - 5
+    per_part = [3, 2] + [3] * (rest // 3) + ([rest % 3] if rest % 3 else [])
+    assert [len(k) for k, _ in whole] == per_part == [len(k) for k, _ in default]
+    for (k1, a), (k2, b) in zip(default, whole):
+        assert k1 == k2 and np.array_equal(a, b)
+    (d / paths[6]).write_bytes((d / paths[6]).read_bytes()[:300])  # in part 3's 1st batch
+    broken = batches(whole_batches=True)
+    assert [k for k, _ in broken] == [k for k, _ in whole[:2]] + [k for k, _ in whole[3:]]
+    with pytest.raises(ValueError, match="whole_batches is for skip_bad"):
+        input_fn(cfg, paths, whole_batches=True)

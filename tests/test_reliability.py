@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, ROOT, run_job, tables
+from conftest import DEMO, ROOT, run_job, run_py, tables
 
 BAD = ROOT / "tests" / "fixtures" / "bad"
 # What the job must do with each fixture: None means a feature row.
@@ -229,3 +229,50 @@ def test_an_unlistable_folder_stops_the_listing_naming_it(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(ListingError, match="cannot list .*locked under input.dir"):
         list_images(tmp_path, ["jpg"])
+
+
+def test_a_part_that_lost_a_batch_gets_the_rows_the_image_by_image_form_gives(tmp_path):
+    """Over local files the job drops a batch whole when one of its images fails, and
+    computes that part again image by image; after two such parts the rest of the run goes
+    image by image. Either way every row is what the image-by-image form (the default
+    input_fn) gives, to the bit, and every bad file is one error row."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    demo = sorted(p for p in DEMO.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    for n in range(24):
+        shutil.copy(demo[n % len(demo)], d / f"g{n:02d}{demo[n % len(demo)].suffix}")
+    truncated = (BAD / "truncated.jpg").read_bytes()
+    for name in ("g02x.jpg", "g10x.jpg", "g18x.jpg"):  # in parts 1, 2 and 3 (9 rows a part)
+        (d / name).write_bytes(truncated)
+    out = tmp_path / "out"
+    r = job(tmp_path, d, out, "devices.batch_size=2", "output.rows_per_part=9")
+    assert r.returncode == 3, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert log.count("computing it again image by image") == 2
+    assert "the rest of this run is decoded image by image" in log
+    feats, errors = tables(out)
+    assert sorted(errors["path"]) == ["g02x.jpg", "g10x.jpg", "g18x.jpg"]
+    assert set(errors["reason"]) == {"decode_error"} and len(feats) == 24
+    # the reference: the default input_fn, parts of 9 as the job cut them, the same Estimator
+    script = tmp_path / "reference.py"
+    script.write_text(f"""
+import sys
+import numpy as np
+from estimator_vgg.config import load_config
+from estimator_vgg.estimator import build_estimator
+from estimator_vgg.input import input_fn
+from estimator_vgg.listing import list_images
+cfg = load_config({str(tmp_path / 'job.yaml')!r}, overrides=["devices.batch_size=2"])
+paths = list_images(cfg.input.dir, cfg.input.extensions)
+sizes = [len(paths[i:i + 9]) for i in range(0, len(paths), 9)]
+rows = {{}}
+for b in build_estimator(cfg).predict(input_fn(cfg, paths, part_sizes=sizes, skip_bad=True),
+                                      yield_single_examples=False):
+    rows.update(zip([k.decode() for k in b["path"]], b["fc7"]))
+np.savez(sys.argv[1], paths=np.array(list(rows)), fc7=np.stack(list(rows.values())))
+""")
+    ref = run_py(script, tmp_path / "ref.npz", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    want = np.load(tmp_path / "ref.npz")
+    assert list(feats["path"]) == list(want["paths"])
+    assert np.array_equal(np.stack(feats["fc7"]), want["fc7"])
