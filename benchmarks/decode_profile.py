@@ -153,7 +153,7 @@ def main() -> None:
                     help="decode time of the camera-size photos at each DCT scale instead")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from throughput import machine, make_images
+    from throughput import machine, make_images, print_ratio_table
 
     if args.scales:  # one thread, set before TensorFlow starts (make_images starts it)
         import tensorflow as tf
@@ -178,15 +178,7 @@ def main() -> None:
                     print(f"  rep {rep + 1}: {threads} thread(s) {name:<9} {r:7.1f} images/s",
                           flush=True)
     print(f"\n{args.images} JPEGs, {args.reps} alternated reps, medians")
-    print("| variant | " + " | ".join(f"{t} thread(s)" for t in args.threads)
-          + " | " + " | ".join(f"vs plain, {t}" for t in args.threads) + " |")
-    print("| --- |" + " ---: |" * (2 * len(args.threads)))
-    for name in dict.fromkeys(n for n, _ in rates):
-        med = [statistics.median(rates[(name, t)]) for t in args.threads]
-        base = [statistics.median(rates[("plain", t)]) for t in args.threads]
-        print(f"| {name} | " + " | ".join(f"{m:.1f}" for m in med) + " | "
-              + " | ".join(f"{m / b:.2f}x" for m, b in zip(med, base)) + " |")
-
+    print_ratio_table(rates, dict.fromkeys(n for n, _ in rates), args.threads, "plain", "plain")
 
 if __name__ == "__main__":
     main()

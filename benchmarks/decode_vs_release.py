@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,7 +68,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from throughput import machine, make_images
+    from throughput import machine, make_images, print_ratio_table
 
     print(f"# {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,14 +96,7 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
                            capture_output=True, timeout=120)
     print(f"\n{args.images} JPEGs, {args.reps} alternated reps, medians; base {args.base}")
-    print("| variant | " + " | ".join(f"{t} thread(s)" for t in args.threads) + " | "
-          + " | ".join(f"vs base, {t}" for t in args.threads) + " |")
-    print("| --- |" + " ---: |" * (2 * len(args.threads)))
-    for name in ("base", "default", "fast"):
-        med = [statistics.median(rates[(name, t)]) for t in args.threads]
-        ref = [statistics.median(rates[("base", t)]) for t in args.threads]
-        print(f"| {name} | " + " | ".join(f"{m:.1f}" for m in med) + " | "
-              + " | ".join(f"{m / b:.2f}x" for m, b in zip(med, ref)) + " |")
+    print_ratio_table(rates, ("base", "default", "fast"), args.threads, "base", "base")
 
 
 if __name__ == "__main__":

@@ -269,6 +269,20 @@ def measure(method: str, images: Path, precision: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def print_ratio_table(rates: dict, names, threads, base: str, label: str) -> None:
+    """A markdown table of median images/s per (name, threads) in `rates` (lists of rates),
+    with each one's ratio to `base` at the same thread count."""
+    import statistics
+    print("| variant | " + " | ".join(f"{t} thread(s)" for t in threads) + " | "
+          + " | ".join(f"vs {label}, {t}" for t in threads) + " |")
+    print("| --- |" + " ---: |" * (2 * len(threads)))
+    for name in names:
+        med = [statistics.median(rates[(name, t)]) for t in threads]
+        ref = [statistics.median(rates[(base, t)]) for t in threads]
+        print(f"| {name} | " + " | ".join(f"{m:.1f}" for m in med) + " | "
+              + " | ".join(f"{m / b:.2f}x" for m, b in zip(med, ref)) + " |")
+
+
 def machine() -> str:
     model, flags = "", set()
     try:
