@@ -171,9 +171,9 @@ class Accountant:
                 if f == rel:
                     return gap
                 gap += 1
-        raise JobError(f"internal error: a row for {redact(rel)!r} arrived that the listing does not "
-                       f"expect at this point; the parts written so far are whole, rerun to "
-                       f"resume")
+        raise JobError(f"internal error: a row for {redact(rel)!r} arrived that the listing "
+                       f"does not expect at this point; the parts written so far are whole, "
+                       f"rerun to resume")
 
     def row(self, rel: str, fc7: np.ndarray) -> None:
         self._commit_full_parts()
@@ -188,6 +188,10 @@ class Accountant:
         part.fc7.append(fc7[None, :])
         part.pos += 1
         self.features += 1
+
+    def commit_ready(self) -> None:
+        """Commit every part whose rows are all in (row() does it at the next row)."""
+        self._commit_full_parts()
 
     def finish(self) -> None:
         """The stream ended: every file not yet accounted for failed."""
@@ -308,8 +312,8 @@ def _stream_rows(cfg: Config, prepared, feed: List[List[int]], parts: List[Part]
                 log.info("first batch after %.1f s", first_batch_s)
 
         if reader is None:  # local files only: whole batches, parts that lost one again
-            _whole_batch_rows(cfg, keys, files, sizes, [part_name(p.index) for p in parts], predict, first,
-                              accountant, on_batch, wait)
+            _whole_batch_rows(cfg, keys, files, sizes, [part_name(p.index) for p in parts],
+                              predict, first, accountant, on_batch, wait)
             return first_batch_s
         for batch in predict(input_fn(cfg, keys, part_sizes=sizes, skip_bad=True, files=files,
                                       reader=reader, python_parts=python_parts),
@@ -335,8 +339,8 @@ def _whole_batch_rows(cfg: Config, keys: List[str], files: Optional[List[str]],
     arrived; a part that lost one is computed again the default way (image by image, failed
     images dropped, batches refilled), which is what every part gets without this, so the
     rows are the same either way, to the bit. After REDONE_PARTS such parts (a folder with
-    many bad files) the rest of the run goes the default way, so no part is computed twice
-    more than that many times."""
+    many bad files) the rest of the run goes the default way: at most that many parts are
+    computed twice."""
     bounds = [0, *itertools.accumulate(sizes)]
     redone = 0
 
@@ -356,12 +360,13 @@ def _whole_batch_rows(cfg: Config, keys: List[str], files: Optional[List[str]],
             for key, row in zip(batch["path"], batch["fc7"]):
                 accountant.row(key.decode("utf-8", "surrogateescape"), row)
             on_batch()
+        accountant.commit_ready()
 
-    q, got, lost = 0, [], False  # the part being filled, its rows so far, whether it lost one
+    q, got = 0, []  # the part being filled and its rows so far (short: it lost a batch)
 
     def close_part() -> None:
-        nonlocal q, got, lost, redone
-        if lost or len(got) != sizes[q]:
+        nonlocal q, got, redone
+        if len(got) != sizes[q]:
             redone += 1
             log.info("%s lost a batch to a file that failed: computing it again image by "
                      "image", names[q])
@@ -369,8 +374,9 @@ def _whole_batch_rows(cfg: Config, keys: List[str], files: Optional[List[str]],
         else:
             for key, row in got:
                 accountant.row(key, row)
+            accountant.commit_ready()  # now, not at the next part's first row
             on_batch()
-        q, got, lost = q + 1, [], False
+        q, got = q + 1, []
 
     main = predict(input_fn(cfg, keys, part_sizes=sizes, skip_bad=True, files=files,
                             whole_batches=True), [wait.hook()])
@@ -379,25 +385,24 @@ def _whole_batch_rows(cfg: Config, keys: List[str], files: Optional[List[str]],
             first(batch)
             rows = [k.decode("utf-8", "surrogateescape") for k in batch["path"]]
             at = position(rows[0], bounds[q] + len(got))
-            while at >= bounds[q + 1]:  # the stream is past part q
+            while at >= bounds[q + 1] and redone < REDONE_PARTS:  # the stream is past part q
                 close_part()
-            if at != bounds[q] + len(got):
-                lost = True  # a batch of part q before this one was dropped
+            if redone >= REDONE_PARTS:
+                break
             got.extend(zip(rows, batch["fc7"]))
             if at + len(rows) == bounds[q + 1]:
                 close_part()
             else:
                 on_batch(len(got))  # progress counts the rows held for the part
             if redone >= REDONE_PARTS:
-                log.info("%d parts lost batches to files that failed: the rest of this run "
-                         "is decoded image by image", redone)
-                main.close()
-                default_way(q, len(sizes))  # from the part being filled, whatever it holds
-                return
+                break
     finally:
         main.close()
-    if q < len(sizes):  # the stream ended before these parts' last batches came
-        default_way(q, len(sizes))
+    if redone >= REDONE_PARTS and q < len(sizes):
+        log.info("%d parts lost batches to files that failed: the rest of this run is decoded "
+                 "image by image", redone)
+    if q < len(sizes):  # from the part being filled, whatever it holds; or the stream ended
+        default_way(q, len(sizes))  # before these parts' last batches came
 
 
 def embed_parts(cfg: Config, prepare: Callable[[], object], store, parts: List[Part],
@@ -419,10 +424,15 @@ def embed_parts(cfg: Config, prepare: Callable[[], object], store, parts: List[P
                             read_errors)
     first_batch_s = 0.0
     wait = InputWait()
+    shown = [0]
+
+    def progress(held: int) -> None:  # rows held for a part count; never goes back
+        shown[0] = max(shown[0], accountant.accounted + held)
+        on_progress(shown[0], len(accountant.errors))
+
     if any(feed):
         first_batch_s = _stream_rows(cfg, prepare(), feed, parts, accountant, start,
-                                     on_batch=lambda held=0: on_progress(
-                                         accountant.accounted + held, len(accountant.errors)),
+                                     on_batch=lambda held=0: progress(held),
                                      wait=wait, read_errors=read_errors)
         wait.report(cfg)
     accountant.finish()  # what the stream did not deliver failed, or was never fed

@@ -144,6 +144,7 @@ QUICK = {
     "test_config.py": "*", "test_manifest.py": "*", "test_listing.py": "*",
     "test_ray_units.py": "*", "test_preprocess.py": "*", "test_towers.py": "*",
     "test_notebook.py": "*", "test_timeouts.py": "*", "test_sources.py": "*",
+    "test_parts.py": "*",
     "test_devices.py": ["test_native_bfloat16_is_read_from_the_cpu_flags",
                         "test_a_float32_cpu_job_on_a_native_bfloat16_cpu_hears_what_bfloat16"
                         "_would_give", "test_gpus_are_renumbered_from_zero_inside_a_ray_task"],
