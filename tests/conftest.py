@@ -139,7 +139,7 @@ def rel_diff(a, b):
 # fail on any one-line change to the model path that alters fc7 (the goldens, tied to eager
 # Keras; the job's own Estimator traced on its devices) and on each guarantee a user relies on
 # (crash and resume in every format, a damaged output, the downloads, the browser page in CI),
-# and run in under 2 minutes on 2 cores (docs/development.md has the measured time).
+# and run in about 2 minutes on 2 cores (docs/development.md has the measured times).
 QUICK = {
     "test_config.py": "*", "test_manifest.py": "*", "test_listing.py": "*",
     "test_ray_units.py": "*", "test_preprocess.py": "*", "test_towers.py": "*",
