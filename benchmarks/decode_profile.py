@@ -8,8 +8,6 @@ Variants (each a tf.data pipeline over the same generated JPEGs, no model):
   +check     plain with the header pixel check before decoding (preprocess.check_pixels)
   +ignore    plain with ignore_errors() after the map (failed files dropped)
   +parts     plain cut per output part (flat_map over parts of 64, batches within a part)
-  fused      the job's map (pixel check, path key, 4 images in flight per thread) fused with
-             the batch, ignore_errors after the batch (job without its part padding)
   job        the job's own input_fn for local files (skip_bad=True, whole_batches=True,
              parts of 1024): the check, per-part batches, a batch with a failed image dropped
              whole (parts.py computes that part again image by image)
@@ -72,19 +70,12 @@ def _pipelines(images: Path, threads: int):
             ds = one(tf.data.Dataset.from_tensor_slices(files))
         return ds.prefetch(2)
 
-    def fused():
-        ds = tf.data.Dataset.from_tensor_slices((files, paths)).map(
-            lambda f, k: {"image": plain(tf.io.read_file(f), True), "path": k},
-            num_parallel_calls=4 * threads, deterministic=True)
-        return ds.batch(8).ignore_errors().prefetch(2)
-
     sizes = [len(paths[i:i + 1024]) for i in range(0, len(paths), 1024)]
     out = {
         "plain": lambda: simple(),
         "+check": lambda: simple(check=True),
         "+ignore": lambda: simple(ignore=True),
         "+parts": lambda: simple(parts=64),
-        "fused": lambda: fused(),
         "job": lambda: input_fn(cfg, paths, part_sizes=sizes, skip_bad=True,
                                 whole_batches=True)(),
         "job-refill": lambda: input_fn(cfg, paths, part_sizes=sizes, skip_bad=True)(),

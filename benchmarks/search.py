@@ -125,6 +125,17 @@ def run_measured(cmd):
     return r["s"], r["mb"], r["out"]
 
 
+def _first_parts(manifest, rows: int) -> list:
+    """The manifest's first parts, enough of them to hold `rows` feature rows."""
+    keep, n = [], 0
+    for p in manifest.parts:
+        if n >= rows:
+            break
+        keep.append(p)
+        n += p.features
+    return keep
+
+
 def write_earlier_layout(src: Path, dst: Path, rows: int) -> None:
     """A copy of the first `rows` rows of `src` with parts as earlier releases wrote them
     (pq.write_table's defaults: snappy, 1 MiB pages), same manifest otherwise."""
@@ -132,12 +143,7 @@ def write_earlier_layout(src: Path, dst: Path, rows: int) -> None:
 
     from estimator_vgg.manifest import read_manifest
     m = read_manifest(src)
-    keep, n = [], 0
-    for p in m.parts:
-        if n >= rows:
-            break
-        keep.append(p)
-        n += p.features
+    keep = _first_parts(m, rows)
     if dst.exists():
         shutil.rmtree(dst)
     (dst / "features").mkdir(parents=True)
@@ -164,12 +170,7 @@ def first_rows_output(src: Path, dst: Path, rows: int) -> None:
     """A view of the first parts of `src` holding `rows` rows (hard links, same layout)."""
     from estimator_vgg.manifest import read_manifest
     m = read_manifest(src)
-    keep, n = [], 0
-    for p in m.parts:
-        if n >= rows:
-            break
-        keep.append(p)
-        n += p.features
+    keep = _first_parts(m, rows)
     if dst.exists():
         shutil.rmtree(dst)
     for sub in ("features", "errors"):

@@ -45,7 +45,7 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     all; otherwise the batches are those of the default form. The caller finds the dropped
     batches (a batch that does not start where the previous one ended) and computes their
     parts again the default way (parts.py). Where nothing fails this decodes as fast as a
-    pipeline with no bad-file handling (benchmarks/decode_profile.py, `fused`).
+    pipeline with no bad-file handling (benchmarks/decode_profile.py, `job` against `plain`).
     """
     if not paths:
         raise ValueError("input_fn: the list of paths is empty")
@@ -65,14 +65,19 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
 
     exif = cfg.preprocess.exif_orientation
 
+    def image(contents, orientation=None):
+        return preprocess(contents, policy, antialias, max_pixels, dct, fast, orientation)
+
+    if whole_batches:
+        if not skip_bad or reader is not None or (python_parts is not None and any(python_parts)):
+            raise ValueError("input_fn: whole_batches is for skip_bad over local files only")
+        return _whole_batches(files, keys, sizes, batch, threads, prefetch, image)
+
     def load(file, key):
-        image = preprocess(tf.io.read_file(file), policy, antialias, max_pixels, dct, fast)
-        return {"image": image, "path": key}
+        return {"image": image(tf.io.read_file(file)), "path": key}
 
     def load_bytes(key, contents, orientation):
-        image = preprocess(contents, policy, antialias, max_pixels, dct, fast,
-                           orientation if exif else None)
-        return {"image": image, "path": key}
+        return {"image": image(contents, orientation if exif else None), "path": key}
 
     read = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
             tf.TensorSpec([], tf.int32))
@@ -86,13 +91,6 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     if len(runs) > MAX_RUNS:
         raise ValueError(f"input_fn: {len(runs)} runs of parts alternate between the Python "
                          f"stage and TensorFlow, more than {MAX_RUNS}")
-
-    if whole_batches:
-        if not skip_bad or reader is not None or (python_parts is not None and any(python_parts)):
-            raise ValueError("input_fn: whole_batches is for skip_bad over local files only")
-        return _whole_batches(files, keys, sizes, batch, threads, prefetch,
-                              lambda contents: preprocess(contents, policy, antialias,
-                                                          max_pixels, dct, fast))
 
     def make() -> tf.data.Dataset:
         all_files = tf.constant(files)

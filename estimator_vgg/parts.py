@@ -28,8 +28,8 @@ from estimator_vgg.faults import fault
 from estimator_vgg.input import MAX_RUNS, input_fn
 from estimator_vgg.listing import display_path
 from estimator_vgg.manifest import part_name
-from estimator_vgg.remote import redact
-from estimator_vgg.sources import DUPLICATE, Where, python_needed
+from estimator_vgg.remote import FetchError, redact
+from estimator_vgg.sources import DUPLICATE, Where, python_needed, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,6 @@ class Accountant:
             return probe.classify(i.dir, rel, i.max_pixels, i.follow_external_symlinks, scaled)
         if not where.remote and not where.member:  # a listed local file: named, so followed
             return probe.classify("", where.target, i.max_pixels, True, scaled)
-        from estimator_vgg.remote import FetchError
-        from estimator_vgg.sources import read_bytes
         try:
             data = read_bytes(self.cfg, where)
         except FetchError as e:
@@ -275,8 +273,7 @@ def _stream_rows(cfg: Config, prepared, feed: List[List[int]], parts: List[Part]
              for k in ks]
     reader, python_parts = None, None
     if any(w is not None for w in where):
-        from estimator_vgg.sources import Where as _Where
-        where = [w if w is not None else _Where(os.path.join(str(cfg.input.dir), k))
+        where = [w if w is not None else Where(os.path.join(str(cfg.input.dir), k))
                  for k, w in zip(keys, where)]
         # Only the parts with an entry that needs Python (a remote read, a tar member, Pillow,
         # EXIF) go through the Python stage; the others are read by TensorFlow as before.
@@ -315,17 +312,22 @@ def _stream_rows(cfg: Config, prepared, feed: List[List[int]], parts: List[Part]
             _whole_batch_rows(cfg, keys, files, sizes, [part_name(p.index) for p in parts],
                               predict, first, accountant, on_batch, wait)
             return first_batch_s
-        for batch in predict(input_fn(cfg, keys, part_sizes=sizes, skip_bad=True, files=files,
-                                      reader=reader, python_parts=python_parts),
-                             [wait.hook()]):
-            first(batch)
-            for key, row in zip(batch["path"], batch["fc7"]):
-                accountant.row(key.decode("utf-8", "surrogateescape"), row)
-            on_batch()
+        _hand_over(predict(input_fn(cfg, keys, part_sizes=sizes, skip_bad=True, files=files,
+                                    reader=reader, python_parts=python_parts), [wait.hook()]),
+                   first, accountant, on_batch)
     finally:
         if reader is not None:
             reader.close()
     return first_batch_s
+
+
+def _hand_over(batches, first, accountant: Accountant, on_batch: Callable[..., None]) -> None:
+    """Every row of the predicted batches to the accountant, in order."""
+    for batch in batches:
+        first(batch)
+        for key, row in zip(batch["path"], batch["fc7"]):
+            accountant.row(key.decode("utf-8", "surrogateescape"), row)
+        on_batch()
 
 
 REDONE_PARTS = 2  # parts computed again after losing a batch before the run stops trying
@@ -354,12 +356,9 @@ def _whole_batch_rows(cfg: Config, keys: List[str], files: Optional[List[str]],
         lo, hi = bounds[a], bounds[b]
         if lo == hi:
             return
-        for batch in predict(input_fn(cfg, keys[lo:hi], part_sizes=sizes[a:b], skip_bad=True,
-                                      files=files[lo:hi] if files is not None else None)):
-            first(batch)
-            for key, row in zip(batch["path"], batch["fc7"]):
-                accountant.row(key.decode("utf-8", "surrogateescape"), row)
-            on_batch()
+        _hand_over(predict(input_fn(cfg, keys[lo:hi], part_sizes=sizes[a:b], skip_bad=True,
+                                    files=files[lo:hi] if files is not None else None)),
+                   first, accountant, on_batch)
         accountant.commit_ready()
 
     q, got = 0, []  # the part being filled and its rows so far (short: it lost a batch)
@@ -394,8 +393,6 @@ def _whole_batch_rows(cfg: Config, keys: List[str], files: Optional[List[str]],
                 close_part()
             else:
                 on_batch(len(got))  # progress counts the rows held for the part
-            if redone >= REDONE_PARTS:
-                break
     finally:
         main.close()
     if redone >= REDONE_PARTS and q < len(sizes):
@@ -426,13 +423,13 @@ def embed_parts(cfg: Config, prepare: Callable[[], object], store, parts: List[P
     wait = InputWait()
     shown = [0]
 
-    def progress(held: int) -> None:  # rows held for a part count; never goes back
+    def progress(held: int = 0) -> None:  # rows held for a part count; never goes back
         shown[0] = max(shown[0], accountant.accounted + held)
         on_progress(shown[0], len(accountant.errors))
 
     if any(feed):
         first_batch_s = _stream_rows(cfg, prepare(), feed, parts, accountant, start,
-                                     on_batch=lambda held=0: progress(held),
+                                     on_batch=progress,
                                      wait=wait, read_errors=read_errors)
         wait.report(cfg)
     accountant.finish()  # what the stream did not deliver failed, or was never fed

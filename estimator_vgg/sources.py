@@ -306,17 +306,10 @@ def _from_list(cfg: Config) -> Listing:
                 listing.add(entry, None, ("unsupported_uri", f"no installed filesystem reads "
                                           f"{s}:// URIs"))
                 continue
-            where = Where(entry, remote=True)
-        elif os.path.isabs(entry):
-            where = Where(entry)
-        elif i.dir is None:
+        elif not os.path.isabs(entry) and i.dir is None:
             relative_without_dir = relative_without_dir or (label, entry)
             continue
-        elif is_uri(i.dir):
-            where = Where(remote.join(i.dir, entry), remote=True)
-        else:
-            where = Where(os.path.join(str(i.dir), entry))
-        _add_entry(cfg, listing, entry, where)
+        _add_entry(cfg, listing, entry, _where_of(cfg, entry))
         for k in range(before, len(listing.keys)):  # tar members named twice
             key = listing.keys[k]
             if key == entry or listing.where[k] is None:
