@@ -10,6 +10,8 @@ removed at the end) and measured in the same run, each variant in a fresh proces
   base       the base commit's input_fn, default settings, bad-file handling on
   default    this checkout's input_fn, default settings (exact), bad-file handling on
   fast       this checkout's input_fn with preprocess.fast_decode: true
+  base-fast  with --base-fast: the base commit's input_fn with preprocess.fast_decode: true
+             (a base that has it), to weigh a change to the fast path itself
 The images are throughput.py's (10% camera-size photos); the ratios are medians over reps.
 """
 from __future__ import annotations
@@ -64,6 +66,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=192)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--base-fast", action="store_true",
+                    help="also measure the base commit with preprocess.fast_decode: true")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -79,6 +83,8 @@ def main() -> None:
             images = Path(tmp) / "images"
             make_images(images, args.images)
             roots = {"base": (base, "job"), "default": (ROOT, "job"), "fast": (ROOT, "fast")}
+            if args.base_fast:
+                roots["base-fast"] = (base, "fast")
             rates: dict = {}
             for threads in args.threads:
                 for rep in range(args.reps):
@@ -96,7 +102,7 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
                            capture_output=True, timeout=120)
     print(f"\n{args.images} JPEGs, {args.reps} alternated reps, medians; base {args.base}")
-    print_ratio_table(rates, ("base", "default", "fast"), args.threads, "base", "base")
+    print_ratio_table(rates, tuple(roots), args.threads, "base", "base")
 
 
 if __name__ == "__main__":

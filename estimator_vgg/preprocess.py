@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from estimator_vgg.recipe import CAFFE_BGR_MEAN, IMAGE_SIZE
@@ -62,12 +63,16 @@ def check_pixels(contents: tf.Tensor, max_pixels: int) -> tf.Tensor:
 
     Runs before decoding, so a small file claiming 40000x40000 never allocates the image.
     """
-    hw = header_size(contents)
-    ok = tf.raw_ops.Assert(
+    with tf.control_dependencies([_at_most(header_size(contents), max_pixels)]):
+        return tf.identity(contents)
+
+
+def _at_most(hw: tf.Tensor, max_pixels: int) -> tf.Operation:
+    """The assertion that [height, width] `hw` makes at most `max_pixels` pixels."""
+    hw = tf.cast(hw, tf.int64)
+    return tf.raw_ops.Assert(
         condition=hw[0] * hw[1] <= max_pixels,
         data=[tf.constant(f"too_large: the header claims more than {max_pixels} pixels")])
-    with tf.control_dependencies([ok]):
-        return tf.identity(contents)
 
 
 def decode_rgb(contents: tf.Tensor) -> tf.Tensor:
@@ -160,7 +165,8 @@ WINDOW_MARGIN = 8  # pixels of the decoded window beyond the resize kernel's rea
 FAST_DCT_MIN_SIDE = 4 * IMAGE_SIZE
 
 
-def center_crop_jpeg(contents: tf.Tensor, min_side: int = FAST_DCT_MIN_SIDE) -> tf.Tensor:
+def center_crop_jpeg(contents: tf.Tensor, min_side: int = FAST_DCT_MIN_SIDE,
+                     max_pixels: int = 0) -> tf.Tensor:
     """JPEG bytes -> float32 [224, 224, 3]: the center_crop policy with an antialiased resize,
     decoding only the window of the image that the crop keeps, at 1/2, 1/4 or 1/8 scale in
     the DCT domain while the shorter side stays at least `min_side`.
@@ -172,8 +178,11 @@ def center_crop_jpeg(contents: tf.Tensor, min_side: int = FAST_DCT_MIN_SIDE) -> 
     full resize and a translation for the window's offset: the same kernel weights on the
     same pixels, so only float rounding differs from the full path, and the rows and columns
     the crop drops are never decoded or resized.
+    With max_pixels > 0, a JPEG whose header claims more pixels is refused before decoding
+    (check_pixels' test, on the header this function reads anyway).
     """
     hw = tf.io.extract_jpeg_shape(contents)
+    checks = [_at_most(hw, max_pixels)] if max_pixels > 0 else []
     index = dct_ratio(hw[0], hw[1], min_side)
     r = tf.gather(tf.constant(DCT_RATIOS, tf.int32), index)
     hs, ws = (hw[0] + r - 1) // r, (hw[1] + r - 1) // r   # libjpeg's scaled size: ceil
@@ -198,7 +207,8 @@ def center_crop_jpeg(contents: tf.Tensor, min_side: int = FAST_DCT_MIN_SIDE) -> 
     # off lost fidelity (cosine 0.99974) for no gain (benchmarks/README.md, "fast_decode").
     branches = [lambda r=r: tf.io.decode_and_crop_jpeg(contents, window, channels=3, ratio=r)
                 for r in DCT_RATIOS]
-    img = tf.switch_case(index, branches)
+    with tf.control_dependencies(checks):
+        img = tf.switch_case(index, branches)
     img.set_shape([None, None, 3])
     translation = tf.cast(start, tf.float32) * scale - tf.cast(tf.stack([top, left]),
                                                                 tf.float32)
@@ -212,7 +222,13 @@ def center_crop_jpeg(contents: tf.Tensor, min_side: int = FAST_DCT_MIN_SIDE) -> 
 def caffe_preprocess(rgb: tf.Tensor) -> tf.Tensor:
     """float RGB 0..255 [..., 3] -> BGR minus the ImageNet means (the weights' input contract)."""
     bgr = tf.reverse(tf.cast(rgb, tf.float32), axis=[-1])
-    return bgr - tf.constant(CAFFE_BGR_MEAN, dtype=tf.float32)
+    mean = np.asarray(CAFFE_BGR_MEAN, np.float32)
+    if bgr.shape.is_fully_defined():
+        # The means spelled out to the image's shape: a subtraction broadcast over an inner axis
+        # of 3 runs element by element in Eigen and cost more than the decode's resize does
+        # per pixel; a same-shape subtraction is vectorised. The same values, to the bit.
+        mean = np.broadcast_to(mean, bgr.shape)
+    return bgr - tf.constant(mean)
 
 
 def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
@@ -241,18 +257,24 @@ def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
     upright before the resize; under fast_decode's crop, the 224x224 crop is (the same up to
     the resize's rounding: the centre crop of a square is turned with the image).
     """
-    if max_pixels > 0:
-        contents = check_pixels(contents, max_pixels)
+    def checked(contents):
+        return check_pixels(contents, max_pixels) if max_pixels > 0 else contents
+
     if fast_decode and policy == "center_crop" and antialias:
+        # The JPEG branch checks the pixels on the header it reads for the window: the general
+        # header read (a couple of dozen ops and a copy of the file's bytes) weighed on a path
+        # this short (docs/devices.md, "Decoding").
         min_side = 2 * IMAGE_SIZE if jpeg_dct_scaling else FAST_DCT_MIN_SIDE
-        out = tf.cond(tf.io.is_jpeg(contents), lambda: center_crop_jpeg(contents, min_side),
-                      lambda: resize(decode_rgb(contents), policy, antialias))
+        out = tf.cond(tf.io.is_jpeg(contents),
+                      lambda: center_crop_jpeg(contents, min_side, max_pixels),
+                      lambda: resize(decode_rgb(checked(contents)), policy, antialias))
         if orientation is not None:
             out = orient(out, orientation)
         out.set_shape([IMAGE_SIZE, IMAGE_SIZE, 3])
         return caffe_preprocess(out)
     # fast_decode outside center_crop with antialias is the exact path: its DCT scaling is the
     # crop path's (to 896); decode_rgb_scaled's 448 is jpeg_dct_scaling's alone (cosine 0.9979)
+    contents = checked(contents)
     decoded = decode_rgb_scaled(contents) if jpeg_dct_scaling else decode_rgb(contents)
     if orientation is not None:
         decoded = orient(decoded, orientation)

@@ -212,6 +212,21 @@ def test_the_header_check_reads_every_format_and_refuses_broken_jpeg_headers():
         header_size(tf.constant(b"\xff\xd8\xff" + b"\x00" * 64))
 
 
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("encode", ["jpeg", "png"])
+def test_the_pixel_limit_refuses_a_larger_header_on_every_decode_path(fast, encode):
+    # fast_decode's JPEG branch checks the header it reads for the window, the other paths
+    # check_pixels: each refuses 37 x 53 = 1961 pixels under a limit of 1960, before decoding
+    photo = tf.io.decode_image(tf.io.read_file(str(DEMO / "chelsea_cat.JPG")), channels=3)
+    small = tf.cast(tf.image.resize(photo, [37, 53]), tf.uint8)
+    contents = tf.io.encode_jpeg(small) if encode == "jpeg" else tf.io.encode_png(small)
+    for dct in (False, True):
+        kwargs = dict(jpeg_dct_scaling=dct, fast_decode=fast)
+        assert preprocess(contents, "center_crop", True, 1961, **kwargs).shape == [224, 224, 3]
+        with pytest.raises(tf.errors.InvalidArgumentError, match="too_large"):
+            preprocess(contents, "center_crop", True, 1960, **kwargs)
+
+
 def test_fast_decode_reaches_the_job_and_its_fingerprint(tmp_path):
     import json
 
