@@ -5,7 +5,7 @@
 #   ./run.sh CONFIG.yaml [section.key=value ...]   run the job
 #   ./run.sh test [pytest args ...]                 run the test suite (installs Ray, the
 #                                                   remote and the search extras too)
-#   ./run.sh test --quick [pytest args ...]         the inner-loop tier, under 2 minutes
+#   ./run.sh test --quick [pytest args ...]         the inner-loop tier, 2-4 minutes
 #   ESTIMATOR_VGG_RAY=1 ./run.sh CONFIG.yaml ...    also install Ray, for run.executor: ray
 #   ESTIMATOR_VGG_REMOTE=1 ./run.sh CONFIG.yaml ... also install fsspec, s3fs and gcsfs, for
 #                                                   s3://, gs://, http(s):// inputs

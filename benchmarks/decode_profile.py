@@ -21,6 +21,12 @@ The images are made by throughput.py's make_images (10% camera-size photos).
 --scales: what DCT scaling can save on the camera-size photos of that mix (shorter side 1500
 and more): ms per image, one thread, of tf.io.decode_jpeg at ratio 1, 2, 4 and 8 and of the
 fast path's windowed decode and resize (preprocess.center_crop_jpeg), each a tf.function.
+
+    .venv/bin/python benchmarks/decode_profile.py --resize
+
+--resize: what the antialiased resize onto 224x224 (ScaleAndTranslate, the op of both paths)
+costs beside decoding, per window shape: ms per image, one thread, of the resize of a batch of
+16 uint8 images of that shape and of tf.io.decode_jpeg of a quality-90 photo of that shape.
 """
 from __future__ import annotations
 
@@ -134,6 +140,35 @@ def _scales(images: Path) -> None:
         print(f"| {name} | {1e3 * statistics.mean(times):.2f} |")
 
 
+def _resize_costs() -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    photo = tf.io.decode_image(tf.io.read_file(str(ROOT / "demo_images" / "chelsea_cat.JPG")),
+                               channels=3, expand_animations=False)
+    print("ms per image, one thread (best of 3): | window | resize to 224x224 | decode_jpeg |")
+    for h, w in [(224, 224), (375, 375), (1200, 224), (224, 1200), (1200, 1200)]:
+        img = tf.cast(tf.clip_by_value(tf.image.resize(photo, [h, w]), 0, 255), tf.uint8)
+        batch = tf.constant(np.repeat(img.numpy()[None], 16, axis=0))
+        data = tf.io.encode_jpeg(img, quality=90)
+        resize = tf.function(lambda x, s=tf.constant([224 / h, 224 / w]): tf.raw_ops.
+                             ScaleAndTranslate(images=x, size=[224, 224], scale=s,
+                                               translation=[0.0, 0.0], kernel_type="triangle",
+                                               antialias=True))
+        decode = tf.function(lambda c: tf.io.decode_jpeg(c, channels=3))
+        costs = []
+        for f, arg, n in ((resize, batch, 16), (decode, data, 1)):
+            f(arg)
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                for _ in range(16 // n):
+                    f(arg).numpy()
+                best = min(best, (time.perf_counter() - start) / 16)
+            costs.append(best)
+        print(f"| {h}x{w} | {1e3 * costs[0]:.2f} | {1e3 * costs[1]:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=192)
@@ -142,15 +177,20 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", help="variants to run (default: all)")
     ap.add_argument("--scales", action="store_true",
                     help="decode time of the camera-size photos at each DCT scale instead")
+    ap.add_argument("--resize", action="store_true",
+                    help="the resize's cost beside the decode's, per window shape, instead")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from throughput import machine, make_images, print_ratio_table
 
-    if args.scales:  # one thread, set before TensorFlow starts (make_images starts it)
+    if args.scales or args.resize:  # one thread, set before TensorFlow starts
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     print(f"# {machine()}")
+    if args.resize:
+        _resize_costs()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "images"
         make_images(images, args.images)
