@@ -80,6 +80,10 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base),
                         args.base], check=True, capture_output=True, timeout=120)
         try:
+            if args.base_fast and "fast_decode" not in (base / "estimator_vgg" /
+                                                         "config.py").read_text():
+                sys.exit(f"--base-fast: {args.base} has no preprocess.fast_decode; "
+                         "choose a later --base")
             images = Path(tmp) / "images"
             make_images(images, args.images)
             roots = {"base": (base, "job"), "default": (ROOT, "job"), "fast": (ROOT, "fast")}
@@ -96,7 +100,7 @@ def main() -> None:
                             sys.exit(f"{name} ({threads} thread(s)) failed:\n{out.stderr[-2000:]}")
                         r = float(out.stdout.split()[-1])
                         rates.setdefault((name, threads), []).append(r)
-                        print(f"  rep {rep + 1}: {threads} thread(s) {name:<8} {r:7.1f} images/s",
+                        print(f"  rep {rep + 1}: {threads} thread(s) {name:<9} {r:7.1f} images/s",
                               flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],

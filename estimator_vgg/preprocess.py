@@ -224,9 +224,9 @@ def caffe_preprocess(rgb: tf.Tensor) -> tf.Tensor:
     bgr = tf.reverse(tf.cast(rgb, tf.float32), axis=[-1])
     mean = np.asarray(CAFFE_BGR_MEAN, np.float32)
     if bgr.shape.is_fully_defined():
-        # The means spelled out to the image's shape: a subtraction broadcast over an inner axis
-        # of 3 runs element by element in Eigen and cost more than the decode's resize does
-        # per pixel; a same-shape subtraction is vectorised. The same values, to the bit.
+        # The means spelled out to the image's shape: Eigen runs a subtraction broadcast over
+        # an inner axis of 3 element by element, a same-shape one vectorised (a small share of
+        # an image's time: docs/devices.md, "Decoding"). The same values, to the bit.
         mean = np.broadcast_to(mean, bgr.shape)
     return bgr - tf.constant(mean)
 

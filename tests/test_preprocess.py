@@ -221,10 +221,14 @@ def test_the_pixel_limit_refuses_a_larger_header_on_every_decode_path(fast, enco
     small = tf.cast(tf.image.resize(photo, [37, 53]), tf.uint8)
     contents = tf.io.encode_jpeg(small) if encode == "jpeg" else tf.io.encode_png(small)
     for dct in (False, True):
-        kwargs = dict(jpeg_dct_scaling=dct, fast_decode=fast)
-        assert preprocess(contents, "center_crop", True, 1961, **kwargs).shape == [224, 224, 3]
-        with pytest.raises(tf.errors.InvalidArgumentError, match="too_large"):
-            preprocess(contents, "center_crop", True, 1960, **kwargs)
+        for limit in (1961, 1960):  # in a graph, as inside tf.data
+            graph = tf.function(lambda c, limit=limit, dct=dct: preprocess(
+                c, "center_crop", True, limit, jpeg_dct_scaling=dct, fast_decode=fast))
+            if limit == 1961:
+                assert graph(contents).shape == [224, 224, 3]
+                continue
+            with pytest.raises(tf.errors.InvalidArgumentError, match="too_large"):
+                graph(contents)
 
 
 def test_fast_decode_reaches_the_job_and_its_fingerprint(tmp_path):
