@@ -14,6 +14,10 @@ Variants (each a tf.data pipeline over the same generated JPEGs, no model):
   job-refill the default form (what the job uses for the Python stage and for parts that
              lost a batch): failed images dropped one by one, batches refilled
   job-fast   the job's input_fn with preprocess.fast_decode (when the key exists)
+  jpeg, jpeg-in-case, jpeg-in-cond
+             the fast path's JPEG work alone (preprocess.center_crop_jpeg, the Caffe step),
+             and the same work held by a tf.switch_case or a tf.cond whose other branch is
+             never taken: what a functional branch costs the work it holds, inside tf.data
 The images are made by throughput.py's make_images (10% camera-size photos).
 
     .venv/bin/python benchmarks/decode_profile.py --scales
@@ -62,9 +66,19 @@ def _pipelines(images: Path, threads: int):
             contents = pp.check_pixels(contents, cfg.input.max_pixels)
         return pp.caffe_preprocess(pp.resize(pp.decode_rgb(contents), "center_crop", True))
 
-    def simple(check=False, ignore=False, parts=None):
+    def jpeg(contents, held=None):  # held: "case" or "cond", the index/predicate constant
+        def work():
+            return pp.caffe_preprocess(pp.center_crop_jpeg(contents))
+        if held == "case":
+            return tf.switch_case(tf.strings.length(contents) * 0, [work, work])
+        if held == "cond":
+            return tf.cond(tf.strings.length(contents) > 0, work, work)
+        return work()
+
+    def simple(check=False, ignore=False, parts=None, fn=None):
         def one(ds):
-            ds = ds.map(lambda f: plain(tf.io.read_file(f), check), num_parallel_calls=threads,
+            decode = fn or (lambda c: plain(c, check))
+            ds = ds.map(lambda f: decode(tf.io.read_file(f)), num_parallel_calls=threads,
                         deterministic=True)
             return (ds.ignore_errors() if ignore else ds).batch(8)
         if parts:
@@ -93,6 +107,9 @@ def _pipelines(images: Path, threads: int):
                            preprocess={"fast_decode": True})
         out["job-fast"] = lambda: input_fn(fast, paths, part_sizes=sizes, skip_bad=True,
                                            whole_batches=True)()
+        for held in (None, "case", "cond"):
+            out["jpeg" + (f"-in-{held}" if held else "")] = (
+                lambda held=held: simple(fn=lambda c: jpeg(c, held)))
     try:  # the same local files through the Python stage (what remote entries, tar members,
         # Pillow and EXIF go through; a local folder takes it only when one of those is needed)
         from estimator_vgg.reader import Reader
@@ -146,16 +163,14 @@ def _resize_costs() -> None:
 
     photo = tf.io.decode_image(tf.io.read_file(str(ROOT / "demo_images" / "chelsea_cat.JPG")),
                                channels=3, expand_animations=False)
+    # The squash policy's resize (uint8 in, ScaleAndTranslate): the op of both decode paths
+    resize = tf.function(lambda x: tf.image.resize(x, [224, 224], antialias=True))
+    decode = tf.function(lambda c: tf.io.decode_jpeg(c, channels=3))
     print("ms per image, one thread (best of 3): | window | resize to 224x224 | decode_jpeg |")
     for h, w in [(224, 224), (375, 375), (1200, 224), (224, 1200), (1200, 1200)]:
         img = tf.cast(tf.clip_by_value(tf.image.resize(photo, [h, w]), 0, 255), tf.uint8)
         batch = tf.constant(np.repeat(img.numpy()[None], 16, axis=0))
         data = tf.io.encode_jpeg(img, quality=90)
-        resize = tf.function(lambda x, s=tf.constant([224 / h, 224 / w]): tf.raw_ops.
-                             ScaleAndTranslate(images=x, size=[224, 224], scale=s,
-                                               translation=[0.0, 0.0], kernel_type="triangle",
-                                               antialias=True))
-        decode = tf.function(lambda c: tf.io.decode_jpeg(c, channels=3))
         costs = []
         for f, arg, n in ((resize, batch, 16), (decode, data, 1)):
             f(arg)
