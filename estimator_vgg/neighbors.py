@@ -153,7 +153,8 @@ def embed_file(out_dir: Path, file: Path) -> np.ndarray:
         rows = []
     if not rows:  # the input pipeline dropped it: say why, as the errors table would
         from estimator_vgg.probe import classify
-        reason, message = classify(cfg.input.dir, Path(file).name, cfg.input.max_pixels)
+        reason, message = classify(cfg.input.dir, Path(file).name, cfg.input.max_pixels,
+                                   preprocessing=cfg.preprocess)
         raise SearchError(f"the query image {file} cannot be embedded: {reason}: {message}")
     return rows[0]["fc7"][0]
 

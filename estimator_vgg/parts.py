@@ -121,17 +121,16 @@ class Accountant:
 
     def _classify(self, part: Part, rel: str) -> Tuple[str, str]:
         i, p = self.cfg.input, self.cfg.preprocess
-        scaled = p.jpeg_dct_scaling or p.fast_decode
         where = part.where[part.pos] if part.where is not None else None
         if where is None or (i.list is None and not where.remote and not where.member):
-            return probe.classify(i.dir, rel, i.max_pixels, i.follow_external_symlinks, scaled)
+            return probe.classify(i.dir, rel, i.max_pixels, i.follow_external_symlinks, p)
         if not where.remote and not where.member:  # a listed local file: named, so followed
-            return probe.classify("", where.target, i.max_pixels, True, scaled)
+            return probe.classify("", where.target, i.max_pixels, True, p)
         try:
             data = read_bytes(self.cfg, where)
         except FetchError as e:
             return e.reason, e.message
-        return probe.classify_bytes(data, i.max_pixels, scaled, i.fallback_decoder == "pillow")
+        return probe.classify_bytes(data, i.max_pixels, p, i.fallback_decoder == "pillow")
 
     def _fail(self, part: Part, rel: str) -> None:
         if part.pos in part.preset:

@@ -10,7 +10,10 @@ from collections import Counter
 import os
 import re
 from pathlib import Path
-from typing import Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
+
+if TYPE_CHECKING:
+    from estimator_vgg.config import PreprocessConfig
 
 # Formats Pillow reads but TensorFlow's decoders do not: reported, not decoded.
 _UNSUPPORTED = [
@@ -56,9 +59,11 @@ def _clean(message: str) -> str:
 
 def classify(root: Path, rel: str, max_pixels: int,
              follow_external_symlinks: bool = False,
-             jpeg_dct_scaling: bool = False) -> Tuple[str, str]:
+             preprocessing: Optional["PreprocessConfig"] = None) -> Tuple[str, str]:
     """(reason, message) for a file the pipeline could not turn into an image, decoded as the
-    pipeline decodes it (jpeg_dct_scaling: preprocess.decode_rgb_scaled)."""
+    pipeline decodes it: preprocess.preprocess with the job's `preprocessing` (default: the
+    defaults), so a file that fails only on fast_decode's windowed decode, say, is a
+    decode_error and not "reads now"."""
     path = os.path.join(root, rel)
     if os.path.islink(path) and not os.path.exists(path):
         return "dangling_symlink", f"symlink to {os.readlink(path)}, which does not exist"
@@ -76,18 +81,19 @@ def classify(root: Path, rel: str, max_pixels: int,
         return "not_a_file", "a folder named like an image"
     except OSError as e:
         return "read_error", e.strerror or str(e)
-    return _by_head(head, max_pixels, jpeg_dct_scaling, path=path)
+    return _by_head(head, max_pixels, preprocessing, path=path)
 
 
-def classify_bytes(data: bytes, max_pixels: int, jpeg_dct_scaling: bool = False,
+def classify_bytes(data: bytes, max_pixels: int,
+                   preprocessing: Optional["PreprocessConfig"] = None,
                    pillow: bool = False) -> Tuple[str, str]:
     """(reason, message) for bytes (a remote object, a tar member) the pipeline could not
     turn into an image; pillow: input.fallback_decoder was pillow (and did not open it)."""
-    return _by_head(data[:64], max_pixels, jpeg_dct_scaling, data=data, pillow=pillow)
+    return _by_head(data[:64], max_pixels, preprocessing, data=data, pillow=pillow)
 
 
-def _by_head(head: bytes, max_pixels: int, scaled: bool, path: str = None, data: bytes = None,
-             pillow: bool = False) -> Tuple[str, str]:
+def _by_head(head: bytes, max_pixels: int, preprocessing, path: str = None,
+             data: bytes = None, pillow: bool = False) -> Tuple[str, str]:
     if not head:
         return "empty_file", "the file has 0 bytes"
     for magic, name in _UNSUPPORTED:
@@ -99,14 +105,17 @@ def _by_head(head: bytes, max_pixels: int, scaled: bool, path: str = None, data:
                     "only; set input.fallback_decoder: pillow, or convert the file")
     if not head.startswith(_SUPPORTED):
         return "not_an_image", f"not an image file this job reads (starts with {head[:8]!r})"
-    return _decode_failure(path, max_pixels, scaled, data)
+    return _decode_failure(path, max_pixels, preprocessing, data)
 
 
-def _decode_failure(path: str, max_pixels: int, scaled: bool = False,
+def _decode_failure(path: str, max_pixels: int, preprocessing=None,
                     data: bytes = None) -> Tuple[str, str]:
     import tensorflow as tf
 
-    from estimator_vgg.preprocess import decode_rgb, decode_rgb_scaled, header_size
+    from estimator_vgg.config import PreprocessConfig
+    from estimator_vgg.preprocess import header_size, preprocess
+
+    p = preprocessing or PreprocessConfig()
 
     # A graph of its own: this runs inside Estimator.predict, whose graph is finalized.
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
@@ -116,7 +125,8 @@ def _decode_failure(path: str, max_pixels: int, scaled: bool = False,
             if h * w > max_pixels:
                 return ("too_large", f"the header claims {w}x{h} = {h * w} pixels, above "
                         f"input.max_pixels={max_pixels}")
-            sess.run((decode_rgb_scaled if scaled else decode_rgb)(contents))
+            sess.run(preprocess(contents, p.resize, p.antialias, 0, p.jpeg_dct_scaling,
+                                p.fast_decode))
         except tf.errors.OpError as e:
             return "decode_error", _clean(e.message)
     return "read_error", "failed during the run but reads now (was it being written?)"

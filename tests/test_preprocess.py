@@ -49,6 +49,50 @@ def test_squash_keeps_the_whole_frame():
     assert out[:, :70].mean() > 250 and out[:, 80:].mean() < 1
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_the_two_pass_resize_equals_scale_and_translate_to_the_bit(dtype):
+    """preprocess.scale_and_translate (two vertical passes of the op) gives the op's own floats
+    for shrinking, enlarging, one-pixel and lopsided images, with the translations and
+    non-integer scales of the fast path's window, so neither decode path moves a bit."""
+    from estimator_vgg.preprocess import scale_and_translate
+
+    rng = np.random.default_rng(7)
+    cases = [((391, 391), (224, 224), (224 / 391, 224 / 391), (0, 0)),
+             ((1185, 1212), (224, 224), (0.1891, 0.1891), (-3.7, -12.25)),
+             ((37, 53), (224, 320), (224 / 37, 320 / 53), (0, 0)),
+             ((1, 1), (224, 224), (224.0, 224.0), (0, 0)),
+             ((5, 400), (224, 224), (44.8, 0.56), (0.5, -20.0)),
+             ((1000, 150), (224, 224), (0.224, 1.4934), (-1.25, 0.0))]
+    for (h, w), size, scale, translation in cases:
+        img = tf.constant(rng.uniform(0, 255, (h, w, 3)).astype(dtype))
+        scale = tf.constant(scale, tf.float32)
+        translation = tf.constant(translation, tf.float32)
+        op = tf.raw_ops.ScaleAndTranslate(images=img[None], size=size, scale=scale,
+                                          translation=translation, kernel_type="triangle",
+                                          antialias=True)[0]
+        ours = tf.function(scale_and_translate)(img, size, scale, translation)  # in a graph
+        np.testing.assert_array_equal(ours.numpy(), op.numpy(), err_msg=f"{h}x{w} -> {size}")
+
+
+@pytest.mark.parametrize("policy", ["center_crop", "squash"])
+def test_the_antialiased_resize_is_tf_image_resize_to_the_bit(policy):
+    """What outputs of earlier releases were made with: tf.image.resize's antialiased bilinear
+    resize of the decoded uint8 image (then the central crop), to the bit."""
+    photo = tf.io.decode_image(tf.io.read_file(str(DEMO / "chelsea_cat.JPG")), channels=3)
+    for h, w in [(300, 451), (451, 300), (224, 224), (90, 120), (1500, 1000)]:
+        img = tf.cast(tf.image.resize(photo, [h, w]), tf.uint8)
+        if policy == "squash":
+            expected = tf.image.resize(img, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+        else:
+            s = IMAGE_SIZE / min(h, w)
+            nh, nw = max(round(h * s), IMAGE_SIZE), max(round(w * s), IMAGE_SIZE)
+            full = tf.image.resize(img, [nh, nw], antialias=True)
+            top, left = (nh - IMAGE_SIZE) // 2, (nw - IMAGE_SIZE) // 2
+            expected = full[top:top + IMAGE_SIZE, left:left + IMAGE_SIZE]
+        np.testing.assert_array_equal(resize(img, policy).numpy(), expected.numpy(),
+                                      err_msg=f"{h}x{w}")
+
+
 def test_small_images_are_scaled_up_to_224():
     img = np.full((133, 200, 3), 90, np.uint8)
     out = resize(tf.constant(img), "center_crop").numpy()
@@ -287,3 +331,26 @@ def test_whole_batches_are_the_default_batches_and_a_failure_drops_its_batch_who
     assert [k for k, _ in broken] == [k for k, _ in whole[:2]] + [k for k, _ in whole[3:]]
     with pytest.raises(ValueError, match="whole_batches is for skip_bad"):
         input_fn(cfg, paths, whole_batches=True)
+
+
+def test_a_failed_file_is_probed_on_the_decode_path_the_job_ran(tmp_path):
+    """The errors table's reason comes from decoding the file again the way the job did. A
+    portrait JPEG cut off below its centre crop decodes under fast_decode (the window ends
+    before the missing rows) and fails the exact path: the probe agrees with each."""
+    from estimator_vgg.config import PreprocessConfig
+    from estimator_vgg.probe import classify
+
+    photo = tf.io.decode_image(tf.io.read_file(str(DEMO / "chelsea_cat.JPG")), channels=3)
+    portrait = tf.io.encode_jpeg(tf.cast(tf.image.resize(photo, [900, 300]), tf.uint8),
+                                 quality=90).numpy()
+    (tmp_path / "cut.jpg").write_bytes(portrait[:int(len(portrait) * 0.95)])
+    contents = tf.io.read_file(str(tmp_path / "cut.jpg"))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        preprocess(contents, "center_crop", True, 0, False, False).numpy()
+    assert preprocess(contents, "center_crop", True, 0, False, True).shape == (224, 224, 3)
+
+    exact = classify(tmp_path, "cut.jpg", 10 ** 8, preprocessing=PreprocessConfig())
+    assert exact[0] == "decode_error", exact
+    fast = classify(tmp_path, "cut.jpg", 10 ** 8,
+                    preprocessing=PreprocessConfig(fast_decode=True))
+    assert fast[0] == "read_error" and "reads now" in fast[1], fast
