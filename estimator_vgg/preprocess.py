@@ -50,7 +50,7 @@ def header_size(contents: tf.Tensor) -> tf.Tensor:
     signed = tf.where(fields >= 2 ** 31, fields - 2 ** 32, fields)
     is_jpeg = tf.equal(magic // 2 ** 16, 0xFFD8)
     # Select (v1) on a scalar hands its input on; tf.where (SelectV2) copies the file's bytes
-    # (0.94x against 0.96x of a plain decode at two threads, docs/devices.md "Decoding").
+    # (docs/devices.md, "Decoding").
     jpeg = tf.raw_ops.Select(condition=is_jpeg, x=contents, y=tf.constant(_TINY_JPEG))
     jpeg = tf.cast(tf.io.extract_jpeg_shape(jpeg)[:2], tf.int64)
     candidates = tf.stack([fields[1:3], fields[3:5], tf.abs(signed[5:7]), jpeg,
