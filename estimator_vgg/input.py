@@ -162,7 +162,7 @@ def _whole_batches(files: Sequence[bytes], keys: Sequence[bytes], sizes: Sequenc
 
     def load(file, key, pad):
         # Select (v1) on a scalar hands the chosen string on, where tf.where (SelectV2) cost 3%
-        # at two threads (docs/devices.md, "Decoding")
+        # at two threads (benchmarks/decoding.md)
         contents = tf.raw_ops.Select(condition=pad, x=tf.constant(_TINY_JPEG),
                                      y=tf.io.read_file(file))
         return {"image": image(contents), "path": key, "keep": tf.logical_not(pad)}

@@ -50,7 +50,7 @@ def header_size(contents: tf.Tensor) -> tf.Tensor:
     signed = tf.where(fields >= 2 ** 31, fields - 2 ** 32, fields)
     is_jpeg = tf.equal(magic // 2 ** 16, 0xFFD8)
     # Select (v1) on a scalar hands its input on; tf.where (SelectV2) copies the file's bytes
-    # (docs/devices.md, "Decoding").
+    # (benchmarks/decoding.md).
     jpeg = tf.raw_ops.Select(condition=is_jpeg, x=contents, y=tf.constant(_TINY_JPEG))
     jpeg = tf.cast(tf.io.extract_jpeg_shape(jpeg)[:2], tf.int64)
     candidates = tf.stack([fields[1:3], fields[3:5], tf.abs(signed[5:7]), jpeg,
@@ -270,7 +270,7 @@ def caffe_preprocess(rgb: tf.Tensor) -> tf.Tensor:
     if bgr.shape.is_fully_defined():
         # The means spelled out to the image's shape: Eigen runs a subtraction broadcast over
         # an inner axis of 3 element by element, a same-shape one vectorised (a small share of
-        # an image's time: docs/devices.md, "Decoding"). The same values, to the bit.
+        # an image's time: benchmarks/decoding.md). The same values, to the bit.
         mean = np.broadcast_to(mean, bgr.shape)
     return bgr - tf.constant(mean)
 
@@ -307,7 +307,7 @@ def preprocess(contents: tf.Tensor, policy: str, antialias: bool = True,
     if fast_decode and policy == "center_crop" and antialias:
         # The JPEG branch checks the pixels on the header it reads for the window: the general
         # header read (a couple of dozen ops and a copy of the file's bytes) weighed on a path
-        # this short (docs/devices.md, "Decoding").
+        # this short (benchmarks/decoding.md).
         min_side = 2 * IMAGE_SIZE if jpeg_dct_scaling else FAST_DCT_MIN_SIDE
         out = tf.cond(tf.io.is_jpeg(contents),
                       lambda: center_crop_jpeg(contents, min_side, max_pixels),
