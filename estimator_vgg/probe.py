@@ -62,8 +62,8 @@ def classify(root: Path, rel: str, max_pixels: int,
              preprocessing: Optional["PreprocessConfig"] = None) -> Tuple[str, str]:
     """(reason, message) for a file the pipeline could not turn into an image, decoded as the
     pipeline decodes it: preprocess.preprocess with the job's `preprocessing` (default: the
-    defaults), so a file that fails only on fast_decode's windowed decode, say, is a
-    decode_error and not "reads now"."""
+    defaults), so the reason and message are those of the decode the job ran (fast_decode's
+    windowed decode, say), and a file only the other path reads is not called unreadable."""
     path = os.path.join(root, rel)
     if os.path.islink(path) and not os.path.exists(path):
         return "dangling_symlink", f"symlink to {os.readlink(path)}, which does not exist"
