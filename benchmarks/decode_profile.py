@@ -168,16 +168,13 @@ def _resize_costs() -> None:
     photo = tf.io.decode_image(tf.io.read_file(str(ROOT / "demo_images" / "chelsea_cat.JPG")),
                                channels=3, expand_animations=False)
 
-    def op(x):  # the op alone, as tf.image.resize (and this project before) calls it
-        scale = 224.0 / tf.cast(tf.shape(x)[1:3], tf.float32)
-        return tf.raw_ops.ScaleAndTranslate(images=x, size=[224, 224], scale=scale,
-                                            translation=[0.0, 0.0], kernel_type="triangle",
-                                            antialias=True)
+    # The squash policy's resize, as tf.image.resize runs it (ScaleAndTranslate alone, as this
+    # project did before) and as the job runs it (preprocess.resize: two vertical passes)
+    def op(x):
+        return tf.image.resize(x, [224, 224], antialias=True)
 
-    def two_pass(x):  # preprocess.scale_and_translate: what both decode paths run now
-        scale = 224.0 / tf.cast(tf.shape(x)[1:3], tf.float32)
-        return tf.stack([pp.scale_and_translate(x[i], [224, 224], scale, [0.0, 0.0])
-                         for i in range(16)])  # unrolled: one graph, no loop op
+    def two_pass(x):
+        return tf.stack([pp.resize(x[i], "squash") for i in range(16)])  # unrolled
 
     steps = [(tf.function(op), 16), (tf.function(two_pass), 16),
              (tf.function(lambda c: tf.io.decode_jpeg(c, channels=3)), 1)]

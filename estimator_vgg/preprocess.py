@@ -144,7 +144,7 @@ def scale_and_translate(image: tf.Tensor, size, scale: tf.Tensor,
                         translation: tf.Tensor) -> tf.Tensor:
     """[h, w, c] (uint8 or float) -> float32 [size[0], size[1], c]: the antialiased triangle
     resize `tf.raw_ops.ScaleAndTranslate(image[None], size, scale, translation, "triangle",
-    antialias=True)[0]`, equal to it to the bit and 2x to 3.4x faster on a CPU, by shape.
+    antialias=True)[0]`, equal to it to the bit and 2x to 3x faster on a CPU, by shape.
 
     The op computes each axis's taps on its own, then runs a vertical pass (whole rows at a
     time, which the compiler vectorises) and a horizontal one (pixel by pixel, three channels
