@@ -1,15 +1,18 @@
-"""The job's configuration: defaults in code, strict YAML and command-line overrides, one validation.
+"""The job's configuration: strict YAML and command-line overrides, read into the frozen
+sections of sections.py (defaults in code) and checked, section by section, once.
 
-Everything else in the package receives the frozen `Config` built here and never a raw dict.
-The README's config reference is generated from the field docs below
-(`python -m estimator_vgg.config`), and a test keeps the two identical.
+    cfg = load_config("configs/demo.yaml", ["devices.cpus=1"])
+
+Everything else in the package receives the frozen `Config` built here (or the one section
+it reads) and never a raw dict. The config reference in docs/configuration.md is generated
+from the sections' field docs (`python -m estimator_vgg.config --write`), and a test keeps the
+two identical.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import os
-import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -18,186 +21,9 @@ from typing import Any, Mapping, Optional, Tuple
 
 import yaml
 
-from estimator_vgg.recipe import RESIZE_POLICIES
-
-OUTPUT_FORMATS = ("parquet", "npy", "csv")
-NAMED_WEIGHTS = ("imagenet", "synthetic")
-PRECISIONS = ("float32", "bfloat16", "float16")
-EXECUTORS = ("local", "ray")
-# tif, tiff and webp are listed so that such files show up as `unsupported_format` errors
-# instead of being skipped unseen.
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp")
-FALLBACK_DECODERS = ("pillow", "none")
-LIST_FORMATS = (".csv", ".tsv", ".parquet", ".jsonl", ".txt")  # what input.list may be
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key (or file) and what to do."""
-
-
-def _doc(text: str, **kw: Any) -> Any:
-    return field(metadata={"doc": text}, **kw)
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    dir: Path = _doc("Folder of images, scanned recursively, or an `s3://` or `gs://` prefix, listed "
-                     "recursively (needs the `remote` extra). Relative paths in a config file are "
-                     "resolved against the file's folder, on the command line against the current "
-                     "folder. Required, unless `input.list` names the images; with a list, the "
-                     "folder or prefix its relative entries are under.", default=None)
-    list: Optional[Path] = _doc("A file naming the images, one entry a row: `.csv`, `.tsv`, "
-                                "`.parquet`, `.jsonl` (one object a line) or `.txt` (one entry a "
-                                "line; blank lines skipped). An entry is a path relative to "
-                                "`input.dir`, an absolute path or a URI (`s3://`, `gs://`, "
-                                "`http(s)://`). Rows follow the list; every line yields one row "
-                                "(a repeat: `duplicate_entry`). A local path or a URI.",
-                                default=None)
-    path_column: str = _doc("The column of `input.list` that holds the entries (`.csv`, "
-                            "`.tsv`, `.parquet`, `.jsonl`).", default="path")
-    storage_options: Optional[dict] = _doc("Passed to the fsspec filesystem of remote entries "
-                                           "(`endpoint_url`, `anon`, ...). Credentials come "
-                                           "from each library's usual environment and files; "
-                                           "the values are redacted in the manifest.",
-                                           default=None)
-    read_concurrency: int = _doc("Remote reads (and tar members, Pillow decodes) in flight "
-                                 "ahead of decoding.", default=32)
-    retries: int = _doc("Retries of a remote read that failed transiently (5xx, connection "
-                        "reset, timeout), with exponential backoff; then `read_error`.",
-                        default=3)
-    request_timeout_s: float = _doc("Seconds a remote request may take before it is abandoned "
-                                    "(and retried).", default=60.0)
-    expand_tars: bool = _doc("Read every `.tar` under `input.dir` or named in `input.list` as "
-                             "a stream of images (never extracted to disk): one row per image "
-                             "member, `path` = `<tar>/<member>`; a damaged tar keeps the members "
-                             "read before the damage and adds the row `<tar>/` (`bad_archive`).",
-                             default=False)
-    fallback_decoder: str = _doc("`pillow`: decode with Pillow what TensorFlow cannot (TIFF's "
-                                 "first page, WebP, JPEG 2000, ICO, ...), under the same pixel "
-                                 "limit and resize; `none`: such files are `unsupported_format`. "
-                                 "JPEG, PNG, GIF and BMP always go through TensorFlow. Recorded "
-                                 "in the manifest (outputs made before it read as `none`).",
-                                 default="pillow")
-    extensions: Tuple[str, ...] = _doc("File extensions that count as images (case-insensitive, "
-                                       "without the dot).", default=DEFAULT_EXTENSIONS)
-    decode_threads: int = _doc("Images decoded and resized in parallel by tf.data.", default=2)
-    prefetch_batches: int = _doc("Batches prepared ahead of the model.", default=2)
-    max_pixels: int = _doc("Images whose header claims more pixels are refused before decoding "
-                           "(reason `too_large`), so a small file claiming 40000x40000 cannot "
-                           "exhaust memory.", default=100_000_000)
-    max_error_fraction: float = _doc("Fraction of files allowed to fail (errors table); above "
-                                     "it the job stops with exit code 1. Checked after each part "
-                                     "once 100 files were seen, and at the end.", default=0.05)
-    follow_external_symlinks: bool = _doc("Read symlinks whose target lies outside `input.dir`. "
-                                          "Off, such a link becomes an error row "
-                                          "(`symlink_outside_root`) and is never opened.",
-                                          default=False)
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    resize: str = _doc("`center_crop`: shorter side to 224, then the central 224x224; `squash`: "
-                       "both sides to 224, aspect ratio not kept. Part of the features' meaning: "
-                       "recorded in the output manifest.", default="center_crop")
-    antialias: bool = _doc("Antialias when shrinking (bilinear filter widened to the scale).",
-                           default=True)
-    jpeg_dct_scaling: bool = _doc("Decode a JPEG whose shorter side is at least 896 at 1/2, 1/4 "
-                                  "or 1/8 scale in the DCT domain (the largest that keeps it at "
-                                  "448 or more), skipping most of the decode and resize work "
-                                  "for camera-size photos. fc7 changes slightly (see "
-                                  "\"Performance\"); recorded in the manifest.", default=False)
-    fast_decode: bool = _doc("Every decode measure that kept fc7 within cosine 0.9995 of the "
-                             "exact path: under `center_crop` (antialiased) a JPEG is decoded "
-                             "and resized only where the crop keeps it, at 1/2..1/8 scale in "
-                             "the DCT domain while the shorter side stays at least 896. Other "
-                             "formats, `squash` and `antialias: false` take the exact path. "
-                             "Off by default; recorded in the manifest when on. Speed and "
-                             "fidelity: docs/devices.md.", default=False)
-    exif_orientation: bool = _doc("Turn a JPEG upright by its EXIF orientation before the "
-                                  "resize. Off by default, as Keras' `load_img`; recorded in "
-                                  "the manifest when on.", default=False)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    weights: str = _doc("`imagenet` (Keras' published file, downloaded once with its hash "
-                        "checked), a path to a Keras `.h5`, an `http(s)://` URL of a Keras-layout "
-                        "`.h5` (a mirror; downloaded once into `model.cache_dir`), a path to a "
-                        "tensorflow-vgg `.npy`, or `synthetic` (deterministic random weights "
-                        "from `model.seed`: for tests and demos only, never real features).",
-                        default="imagenet")
-    weights_sha256: Optional[str] = _doc("The sha256 the weights file must have (64 hex "
-                                         "digits). A download that does not match is refused "
-                                         "and not cached; a local file that does not match is "
-                                         "refused. Optional.", default=None)
-    seed: int = _doc("Seed of the `synthetic` weights; ignored otherwise.", default=0)
-    allow_pickle: bool = _doc("Must be `true` to load a `.npy` weights file: reading it runs "
-                              "Python's pickle, which can execute code from the file. Only for "
-                              "files you trust.", default=False)
-    precision: str = _doc("Compute precision of the towers: `float32`, `bfloat16` (CPUs with "
-                          "AVX-512 BF16/AMX, recent GPUs) or `float16` (GPUs only). Weights are "
-                          "stored once in float32 and cast per tower when the session starts; fc7 "
-                          "comes out as float32. Part of the features' meaning: recorded in the "
-                          "manifest.", default="float32")
-    cache_dir: Path = _doc("Where weights are converted (once per file, keyed by its sha256) into "
-                           "the checkpoint the Estimator restores.",
-                           default=Path("~/.cache/estimator-vgg"))
-
-
-@dataclass(frozen=True)
-class DevicesConfig:
-    gpus: Optional[Tuple[int, ...]] = _doc("GPU ids, one tower per id (for example `[0, 1, 2, "
-                                           "3]`). Exclusive with `devices.cpus`.", default=None)
-    cpus: Optional[int] = _doc("Number of CPU towers when no GPUs are named (each a TensorFlow "
-                               "CPU device; the same code path as GPUs). Defaults to 1.",
-                               default=None)
-    batch_size: int = _doc("Images per tower per step; a step takes `batch_size` x towers.",
-                           default=8)
-    soft_placement: bool = _doc("Let TensorFlow move ops to another device when the named one "
-                                "cannot run them. Off, a wrong device map fails loudly instead of "
-                                "collapsing silently onto one device.", default=False)
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    dir: Path = _doc("Output folder; features go to `<dir>/features/`. Required.", default=None)
-    format: str = _doc("`parquet` (columns `path`, `fc7`), `npy` (float32 matrix plus a path "
-                       "index per part) or `csv` (wide: `path`, `vgg0`..`vgg4095`).",
-                       default="parquet")
-    rows_per_part: int = _doc("Rows per output part file; bounds the memory the writer holds.",
-                              default=1024)
-    overwrite: bool = _doc("Start afresh: delete the features, errors, manifest and search "
-                           "index already in `output.dir` (nothing else there). Without it a rerun resumes, and "
-                           "refuses if the weights or preprocessing differ.", default=False)
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    address: Optional[str] = _doc("The Ray cluster to run on: `auto` joins the cluster this node "
-                                  "belongs to (started with `ray start`), `HOST:PORT` joins the "
-                                  "one whose head listens there, empty or null starts a "
-                                  "private local cluster for this run.", default=None)
-    cpus_per_task: float = _doc("CPUs each shard's task reserves on its node, beside the GPUs "
-                                "that `devices.gpus` names (for CPU towers, the cores it runs "
-                                "on). Ray counts them for scheduling; it does not pin threads.",
-                                default=1.0)
-    parts_per_shard: int = _doc("Consecutive output parts per Ray task. Each task pays a fixed "
-                                "start-up (graph build, weights restore; a fresh worker also "
-                                "imports TensorFlow), so a shard should take much longer than "
-                                "that: raise it for fast GPUs.", default=1)
-    max_retries: int = _doc("Times Ray reruns a shard whose worker process or node died; its "
-                            "part is written once either way. An error raised by the job itself "
-                            "(a config or weights problem) is not retried.", default=3)
-
-
-@dataclass(frozen=True)
-class ExecutionConfig:
-    executor: str = _doc("`local`: this process, over the devices of this machine. `ray`: the "
-                         "listing is cut into the same parts as locally, and shards of "
-                         "`run.ray.parts_per_shard` parts each become a Ray task running the "
-                         "same Estimator job on its node's devices "
-                         "(needs the `ray` extra; see \"On a Ray cluster\").", default="local")
-    ray: RayConfig = field(default_factory=RayConfig)
+from estimator_vgg.sections import (  # noqa: F401  (re-exported: the config's public names)
+    DEFAULT_EXTENSIONS, NAMED_WEIGHTS, URI_KEYS, ConfigError, DevicesConfig, ExecutionConfig,
+    InputConfig, ModelConfig, OutputConfig, PreprocessConfig, RayConfig, is_uri)
 
 
 @dataclass(frozen=True)
@@ -212,7 +38,15 @@ class Config:
 
     @property
     def towers(self) -> int:
-        return len(self.devices.gpus) if self.devices.gpus else (self.devices.cpus or 1)
+        return self.devices.towers
+
+    def check(self) -> None:
+        """Each section's own check, then what spans two sections."""
+        for sec in _SECTIONS:
+            getattr(self, sec).check()
+        if self.model.precision == "float16" and not self.devices.gpus:
+            raise ConfigError("model.precision: float16 is for GPUs (CPUs have no fast float16 "
+                              "kernels); on CPUs use bfloat16, or name devices.gpus")
 
     def to_dict(self) -> dict:
         """Plain, YAML-safe dict of the resolved config (for manifests)."""
@@ -459,15 +293,6 @@ def _ray_address(v: Optional[str], base: Path) -> Optional[str]:
     return v.strip()
 
 
-# Keys that take a local path or a URI (scheme://...); a URI is kept as text, not a Path.
-URI_KEYS = ("input.dir", "input.list")
-
-
-def is_uri(v) -> bool:
-    """Whether `v` names a URI (`s3://b/k`, `https://h/p`) rather than a local path."""
-    return isinstance(v, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", v) is not None
-
-
 # Values put in their canonical form while the sections are built (defaults included), so
 # the frozen Config is never rewritten afterwards. Path keys are resolved by their type.
 _NORMALISE = {
@@ -483,7 +308,7 @@ def _build(tree: dict, bases: dict, source: Optional[Path]) -> Config:
     built = {sec: _build_section(cls, sec, tree.get(sec, {}), bases)
              for sec, cls in _SECTIONS.items()}
     cfg = Config(source=source, **built)
-    _validate(cfg)
+    cfg.check()
     return cfg
 
 
@@ -507,130 +332,6 @@ def _build_section(cls: Any, name: str, tree: dict, bases: dict) -> Any:
                 v = _NORMALISE[key](v, bases.get(key, Path.cwd()))
             kwargs[f.name] = v
     return cls(**kwargs)
-
-
-def _validate(cfg: Config) -> None:
-    from estimator_vgg.downloads import without_query
-
-    i, p, m, d, o = cfg.input, cfg.preprocess, cfg.model, cfg.devices, cfg.output
-    if i.dir is None and i.list is None:
-        raise ConfigError("input.dir is required: the folder of images to embed (or name "
-                          "them in input.list)")
-    for key, v in (("input.dir", i.dir), ("input.list", i.list)):
-        if is_uri(v):
-            from estimator_vgg.remote import ExtraMissing, check_scheme
-            try:
-                check_scheme(key, v)  # the remote extra installed for the scheme
-            except ExtraMissing as e:
-                raise ConfigError(str(e)) from None
-    if i.dir is not None and not is_uri(i.dir) and not i.dir.is_dir():
-        raise ConfigError(f"input.dir: folder {i.dir} does not exist"
-                          + (" (it is a file)" if i.dir.exists() else ""))
-    if is_uri(i.dir) and i.dir.split("://", 1)[0].lower() not in ("s3", "gs"):
-        raise ConfigError(f"input.dir: {without_query(i.dir)} is a URI but not an s3:// or gs:// prefix; a "
-                          f"folder of images over http(s) cannot be listed: name them in "
-                          f"input.list")
-    if i.list is not None and not is_uri(i.list):
-        if not i.list.is_file():
-            raise ConfigError(f"input.list: file {i.list} does not exist"
-                              + (" (it is a folder)" if i.list.exists() else ""))
-    if i.list is not None:
-        suffix = os.path.splitext(str(i.list).split("?", 1)[0])[1].lower()
-        if suffix not in LIST_FORMATS:
-            raise ConfigError(f"input.list: {without_query(str(i.list))} is not a list this job reads; name a "
-                              f"{', '.join(LIST_FORMATS)} file")
-    if i.fallback_decoder not in FALLBACK_DECODERS:
-        raise ConfigError(f"input.fallback_decoder: {i.fallback_decoder!r} is not a decoder; "
-                          f"choose one of {', '.join(FALLBACK_DECODERS)}")
-    if i.fallback_decoder == "pillow":
-        try:
-            import PIL  # noqa: F401  (a base dependency; a broken install says so here)
-        except ImportError:
-            raise ConfigError("input.fallback_decoder: pillow, but Pillow is not installed; "
-                              "reinstall estimator-vgg (Pillow is a dependency) or set "
-                              "input.fallback_decoder: none") from None
-    if not i.path_column:
-        raise ConfigError("input.path_column is empty: name the list's column of entries")
-    if i.retries < 0:
-        raise ConfigError(f"input.retries: must be 0 or more, got {i.retries}")
-    if i.request_timeout_s <= 0:
-        raise ConfigError(f"input.request_timeout_s: must be more than 0, got "
-                          f"{i.request_timeout_s}")
-    if not 0.0 <= i.max_error_fraction <= 1.0:
-        raise ConfigError(f"input.max_error_fraction: must be between 0 and 1, got "
-                          f"{i.max_error_fraction}")
-    if i.max_pixels < 1:
-        raise ConfigError(f"input.max_pixels: must be at least 1, got {i.max_pixels}")
-    if not i.extensions:
-        raise ConfigError("input.extensions is empty: name at least one extension, like jpg")
-    for key, v in (("input.decode_threads", i.decode_threads),
-                   ("input.read_concurrency", i.read_concurrency),
-                   ("input.prefetch_batches", i.prefetch_batches),
-                   ("devices.batch_size", d.batch_size), ("output.rows_per_part", o.rows_per_part)):
-        if v < 1:
-            raise ConfigError(f"{key}: must be at least 1, got {v}")
-    if p.resize not in RESIZE_POLICIES:
-        raise ConfigError(f"preprocess.resize: {p.resize!r} is not a policy; choose one of "
-                          f"{', '.join(RESIZE_POLICIES)}")
-    if m.precision not in PRECISIONS:
-        raise ConfigError(f"model.precision: {m.precision!r} is not a precision; choose one of "
-                          f"{', '.join(PRECISIONS)}")
-    if m.precision == "float16" and not d.gpus:
-        raise ConfigError("model.precision: float16 is for GPUs (CPUs have no fast float16 "
-                          "kernels); on CPUs use bfloat16, or name devices.gpus")
-    if o.dir is None:
-        raise ConfigError("output.dir is required: the folder the features are written to")
-    if o.format not in OUTPUT_FORMATS:
-        raise ConfigError(f"output.format: {o.format!r} is not a format; choose one of "
-                          f"{', '.join(OUTPUT_FORMATS)}")
-    if m.weights_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", m.weights_sha256):
-        raise ConfigError(f"model.weights_sha256: {m.weights_sha256!r} is not a sha256 (64 hex "
-                          f"digits, as `sha256sum FILE` prints)")
-    if m.weights.startswith(("http://", "https://")):
-        from urllib.parse import urlsplit
-
-        from estimator_vgg.downloads import without_query
-        if not urlsplit(m.weights).path.lower().endswith((".h5", ".hdf5")):
-            raise ConfigError(f"model.weights: {without_query(m.weights)} does not name a Keras .h5 file; a "
-                              f"URL must point at a Keras-layout .h5 (the path ends in .h5)")
-    elif m.weights not in NAMED_WEIGHTS:
-        w = Path(m.weights)  # made absolute while building
-        if not w.is_file():
-            raise ConfigError(f"model.weights: file {w} does not exist; give a Keras .h5 or a "
-                              f"tensorflow-vgg .npy file, or `imagenet` to download Keras' "
-                              f"published weights")
-        if w.suffix.lower() not in (".h5", ".hdf5", ".npy"):
-            raise ConfigError(f"model.weights: {w} is neither a Keras .h5 nor a tensorflow-vgg "
-                              f".npy file (judged by its extension)")
-        if w.suffix.lower() == ".npy" and not m.allow_pickle:
-            raise ConfigError(f"model.weights: {w} is a .npy file, which is read with Python's "
-                              f"pickle and can run code hidden in the file. If you trust it, set "
-                              f"model.allow_pickle: true; otherwise convert it to .h5 elsewhere")
-    if d.gpus is not None and d.cpus is not None:
-        raise ConfigError("devices.gpus and devices.cpus are both set: name GPUs, or a number of "
-                          "CPU towers, not both")
-    if d.gpus is not None:
-        if not d.gpus:
-            raise ConfigError("devices.gpus is an empty list: name at least one GPU id, or use "
-                              "devices.cpus")
-        if len(set(d.gpus)) != len(d.gpus) or min(d.gpus) < 0:
-            raise ConfigError(f"devices.gpus: {list(d.gpus)} must be distinct ids >= 0")
-    if d.cpus is not None and d.cpus < 1:
-        raise ConfigError(f"devices.cpus: must be at least 1, got {d.cpus}")
-    r = cfg.run
-    if r.executor not in EXECUTORS:
-        raise ConfigError(f"run.executor: {r.executor!r} is not an executor; choose one of "
-                          f"{', '.join(EXECUTORS)}")
-    if r.ray.cpus_per_task < 0:
-        raise ConfigError(f"run.ray.cpus_per_task: must be 0 or more, got {r.ray.cpus_per_task}")
-    if r.ray.parts_per_shard < 1:
-        raise ConfigError(f"run.ray.parts_per_shard: must be at least 1, got "
-                          f"{r.ray.parts_per_shard}")
-    if r.ray.max_retries < 0:
-        raise ConfigError(f"run.ray.max_retries: must be 0 or more, got {r.ray.max_retries}")
-    if r.ray.cpus_per_task != round(r.ray.cpus_per_task, 4) or r.ray.cpus_per_task > 1e6:
-        raise ConfigError(f"run.ray.cpus_per_task: Ray counts CPUs in steps of 0.0001, got "
-                          f"{r.ray.cpus_per_task}")
 
 
 def reference_markdown() -> str:
