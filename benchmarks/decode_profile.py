@@ -118,7 +118,7 @@ def _pipelines(images: Path, threads: int):
         from estimator_vgg.sources import Where
 
         def python_stage():
-            reader = Reader(cfg, [(p, Where(f)) for p, f in zip(paths, files)], {})
+            reader = Reader(cfg.input, [(p, Where(f)) for p, f in zip(paths, files)], {})
             return input_fn(cfg, paths, part_sizes=sizes, skip_bad=True, reader=reader)()
         out["job-python"] = python_stage
     except ImportError:  # a release before the Python stage

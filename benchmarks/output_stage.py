@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from estimator_vgg.manifest import Fingerprint  # noqa: E402
 from estimator_vgg.store import Store  # noqa: E402
-from estimator_vgg.writer import read_features  # noqa: E402
+from estimator_vgg.output import read_features  # noqa: E402
 
 BATCH = 32
 PART = 1024

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from estimator_vgg.config import load_config
     from estimator_vgg.runner import run
-    from estimator_vgg.writer import read_features
+    from estimator_vgg.output import read_features
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "demo.yaml"))

@@ -53,7 +53,7 @@ def main() -> None:
     import numpy as np
 
     from estimator_vgg.manifest import read_manifest
-    from estimator_vgg.writer import read_features
+    from estimator_vgg.output import read_features
     from ray_cluster import loopback_cluster
     from throughput import make_images
 

@@ -156,7 +156,7 @@ def write_earlier_layout(src: Path, dst: Path, rows: int) -> None:
 
 
 def read_seconds(out: Path, reps: int = 3) -> float:
-    from estimator_vgg.writer import read_features
+    from estimator_vgg.output import read_features
     read_features(out)   # the page cache warm, as for the other
     best = float("inf")
     for _ in range(reps):
@@ -183,7 +183,7 @@ def first_rows_output(src: Path, dst: Path, rows: int) -> None:
 
 def exact_top(out: Path, queries: np.ndarray, query_rows: np.ndarray, k: int):
     """Exact top-k row ids by cosine of the full fc7, each query's own row left out."""
-    from estimator_vgg.writer import iter_parts
+    from estimator_vgg.output import iter_parts
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     best_s = np.full((len(q), k), -np.inf, np.float32)
     best_i = np.zeros((len(q), k), np.int64)
@@ -203,7 +203,7 @@ def exact_top(out: Path, queries: np.ndarray, query_rows: np.ndarray, k: int):
 
 
 def gather_rows(out: Path, rows: np.ndarray) -> np.ndarray:
-    from estimator_vgg.writer import iter_parts
+    from estimator_vgg.output import iter_parts
     want = np.sort(rows)
     got = np.empty((len(rows), 4096), np.float32)
     start = 0

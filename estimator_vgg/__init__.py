@@ -16,8 +16,11 @@ The names below are imported only when first used, for the same reason.
 """
 __version__ = "0.1.0"
 
-LIGHT_MODULES = ("config", "devices", "downloads", "faults", "listing", "manifest", "plan",
-                 "progress", "reader", "recipe", "remote", "sources", "store", "writer")
+LIGHT_MODULES = ("accounting", "budget", "config", "devices", "downloads", "exact", "faults",
+                 "index", "index_files", "index_search", "input_wait", "job", "listing",
+                 "manifest", "output", "page", "parquet_layout", "plan", "probe", "progress",
+                 "query", "reader", "recipe", "remote", "search", "sections", "sources",
+                 "store", "whole_batches", "writer")
 
 _LAZY = {
     "load_config": "estimator_vgg.config",
@@ -28,8 +31,8 @@ _LAZY = {
     "model_fn": "estimator_vgg.estimator",
     "input_fn": "estimator_vgg.input",
     "run": "estimator_vgg.runner",
-    "read_features": "estimator_vgg.writer",
-    "iter_parts": "estimator_vgg.writer",
+    "read_features": "estimator_vgg.output",
+    "iter_parts": "estimator_vgg.output",
 }
 
 __all__ = sorted(_LAZY)

@@ -166,13 +166,10 @@ def run_main(argv: List[str]) -> int:
         print(f"estimator-vgg: error: {getattr(e, 'message', None) or e}{hint}", file=sys.stderr)
         return 1
     print(summary_text(summary, cfg.output.format))
-    counted = summary.error_count - summary.errors.get("duplicate_entry", 0)
-    if counted / max(1, summary.files - summary.errors.get("duplicate_entry", 0)) > \
-            cfg.input.max_error_fraction:
+    if summary.exit_code == 1:
         print(f"estimator-vgg: more than input.max_error_fraction="
               f"{cfg.input.max_error_fraction} of the files failed", file=sys.stderr)
-        return 1
-    return 3 if summary.error_count else 0
+    return summary.exit_code
 
 
 def summary_text(s, fmt: str) -> str:
@@ -223,109 +220,59 @@ def neighbors_main(argv: List[str]) -> int:
     if args.pairs and args.duplicates is None:
         parser.error("--pairs goes with --duplicates")
     _setup_logging(args.verbose)
-    from pathlib import Path
-
-    from estimator_vgg import neighbors as nb
-    from estimator_vgg.config import ConfigError
     from estimator_vgg.manifest import OutputError
-    from estimator_vgg.weights import WeightsError
-
-    out = Path(args.output)
+    from estimator_vgg.search import SearchError
     try:
-        nb.check_has_features(out)
-        locate = lambda path: nb.image_source(out, path)  # noqa: E731
-        index = None if args.exact else _open_index(out)
-        source = nb.describe(out)
-        if args.duplicates is not None:
-            _duplicates(args, out, index, locate, source)
-        else:
-            _quiet_tensorflow(args.verbose)
-            if index is not None:
-                own = args.query if index.row_of(args.query) is not None else None
-                if own is not None:
-                    matches = index.search_paths([own], args.k)[0]
-                elif os.path.isfile(args.query):
-                    matches = index.search(nb.embed_file(out, Path(args.query)), args.k)[0]
-                else:
-                    raise nb.SearchError(nb.not_a_query(out, args.query))
-                how = f"{index.scores_are}; index: {index.describe()}"
-            else:
-                vector, own = nb.query_vector(out, args.query)
-                matches = nb.nearest(out, vector, args.k, exclude=own)
-                how = "cosine similarity, exact search"
-            print(f"{len(matches)} nearest to {args.query} ({how})")
-            for rank, m in enumerate(matches, 1):
-                print(f"{rank:>4}  {m.score:.4f}  {m.path}")
-            if args.html:
-                from estimator_vgg.page import neighbors_page
-                query_file = locate(own) if own else Path(args.query)
-                neighbors_page(query_file, args.query, matches, locate, Path(args.html), source)
-        if args.html:
-            print(f"wrote {args.html}")
-    except (nb.SearchError, ConfigError, WeightsError, OutputError, FileNotFoundError,
-            ValueError) as e:
-        print(f"estimator-vgg neighbors: error: {e}", file=sys.stderr)
-        return 1
+        _neighbors(args)
+    except (SearchError, OutputError, FileNotFoundError, ValueError) as e:  # ValueError: a
+        print(f"estimator-vgg neighbors: error: {e}", file=sys.stderr)  # ConfigError,
+        return 1                                                        # WeightsError too
     return 0
 
 
-def _open_index(out):
-    """The output's index, or None (no index: exact search; said on stderr when faiss is
-    missing, so it is never silent)."""
-    from estimator_vgg import index as ix
-    if not ix.has_index(out):
-        return None
-    try:
-        index = ix.load_index(out)
-    except ix.SearchError as e:
-        if ix.INSTALL_HINT in str(e):
-            print(f"estimator-vgg neighbors: {out} has an index, but {e}; searching exactly",
-                  file=sys.stderr)
-            return None
-        raise
-    if index.stale_parts:
-        print(f"estimator-vgg neighbors: the index is stale: {len(index.stale_parts)} parts "
-              f"committed since it was built are searched exactly; run `estimator-vgg index "
-              f"{out}` to add them", file=sys.stderr)
-    return index
-
-
-def _duplicates(args, out, index, locate, source) -> None:
+def _neighbors(args) -> None:
+    """neighbors: open the searcher, ask it, print what it says (and write the page)."""
     from pathlib import Path
 
-    import numpy as np
+    from estimator_vgg.query import image_source
+    from estimator_vgg.search import describe_output, groups_of, open_searcher, write_pairs
 
-    from estimator_vgg import index as ix
-    from estimator_vgg import neighbors as nb
-
-    if index is not None:
-        a, b, s = index.duplicate_pairs(args.duplicates)
-        path_of = index.path_of
-        how = f"{index.scores_are}; index: {index.describe()}"
-        scores = index.scores_are
-        default_pairs = ix.index_dir(out) / ix.DUPLICATES
+    out = Path(args.output)
+    searcher = open_searcher(out, exact=args.exact, say=lambda line: print(
+        f"estimator-vgg neighbors: {line}", file=sys.stderr))
+    locate = lambda path: image_source(out, path)  # noqa: E731
+    if args.duplicates is not None:
+        a, b, s = searcher.duplicate_pairs(args.duplicates)
+        groups = groups_of(a, b, s, searcher.path_of)
+        pairs = Path(args.pairs) if args.pairs else searcher.pairs_file
+        write_pairs(pairs, a, b, s, searcher.path_of)
+        print(f"{len(groups)} group{'s' if len(groups) != 1 else ''} with cosine "
+              f"similarity >= {args.duplicates} ({searcher.how()})")
+        for n, group in enumerate(groups, 1):
+            print(f"group {n} ({len(group)} images)")
+            for m in group:
+                print(f"  {m.score:.4f}  {m.path}")
+        print(f"wrote {len(s)} pairs to {pairs}")
+        if args.html:
+            _quiet_tensorflow(args.verbose)
+            from estimator_vgg.page import duplicates_page
+            duplicates_page(groups, locate, Path(args.html), args.duplicates,
+                            describe_output(out), scores=searcher.scores_are, pairs_file=pairs)
     else:
-        names, a, b, s = nb.duplicate_pairs(out, args.duplicates)
-        path_of = names.__getitem__
-        how = "cosine similarity of fc7, exact search"
-        scores = "cosine similarity of fc7"
-        default_pairs = (ix.index_dir(out) / ix.DUPLICATES if ix.index_dir(out).is_dir()
-                         else out / ix.DUPLICATES)
-    groups = ix.groups_of(np.asarray(a), np.asarray(b), np.asarray(s), path_of)
-    pairs = Path(args.pairs) if args.pairs else default_pairs
-    ix.write_pairs(pairs, a, b, s, path_of)
-    print(f"{len(groups)} group{'s' if len(groups) != 1 else ''} with cosine "
-          f"similarity >= {args.duplicates} ({how})")
-    for n, group in enumerate(groups, 1):
-        print(f"group {n} ({len(group)} images)")
-        for m in group:
-            print(f"  {m.score:.4f}  {m.path}")
-    print(f"wrote {len(s)} pairs to {pairs}")
+        if searcher.row_of(args.query) is None:  # an image file: embedded with TensorFlow
+            _quiet_tensorflow(args.verbose)
+        matches = searcher.query(args.query, args.k)
+        print(f"{len(matches)} nearest to {args.query} ({searcher.how()})")
+        for rank, m in enumerate(matches, 1):
+            print(f"{rank:>4}  {m.score:.4f}  {m.path}")
+        if args.html:
+            _quiet_tensorflow(args.verbose)
+            from estimator_vgg.page import neighbors_page
+            own = searcher.row_of(args.query) is not None
+            neighbors_page(locate(args.query) if own else Path(args.query), args.query,
+                           matches, locate, Path(args.html), describe_output(out))
     if args.html:
-        _quiet_tensorflow(args.verbose)
-        from estimator_vgg.page import duplicates_page
-        duplicates_page(groups, locate, Path(args.html), args.duplicates, source,
-                        scores=scores, pairs_file=pairs)
+        print(f"wrote {args.html}")
 
 
 def index_main(argv: List[str]) -> int:
@@ -359,7 +306,7 @@ def index_main(argv: List[str]) -> int:
 
     from estimator_vgg.index import build_index
     from estimator_vgg.manifest import ManifestError, OutputError
-    from estimator_vgg.neighbors import SearchError
+    from estimator_vgg.search import SearchError
     say = lambda line: print(f"estimator-vgg index: {line}", flush=True)  # noqa: E731
     try:
         r = build_index(Path(args.output), kind=args.kind, pca=args.pca, whiten=args.whiten,

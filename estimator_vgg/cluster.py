@@ -1,7 +1,7 @@
 """The Ray executor (`run.executor: ray`): the same job, one Ray task per shard of parts.
 
-The driver (runner.run, which chooses this executor) lists the images, opens the output and cuts the listing into parts
-exactly as a local run would. Here every run.ray.parts_per_shard consecutive parts become a
+The driver (runner.run, which chooses this executor) lists the images, opens the output and
+cuts the listing into parts exactly as a local run would. Here every run.ray.parts_per_shard consecutive parts become a
 shard: a Ray task that runs the Estimator job on its node's devices over the parts' files and
 writes them into the run's staging folder (Store.stage_dir). Only the driver moves a part into
 output.dir and lists it in the manifest, and only in index order, so:
@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Dict, List
 
 from estimator_vgg.config import Config
+from estimator_vgg.sections import DevicesConfig, RayConfig
 from estimator_vgg.devices import renumbered_for_task
 from estimator_vgg.faults import forwarded_env
+from estimator_vgg.job import Done, JobError
 from estimator_vgg.listing import display_path
 from estimator_vgg.manifest import part_name
-from estimator_vgg.parts import Done, JobError, check_error_fraction, counted
 from estimator_vgg.remote import redact
 from estimator_vgg.sources import DUPLICATE
 from estimator_vgg.store import STAGING_MARK, write_part
@@ -84,7 +85,8 @@ def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, shard: list,
     import ray
     import tensorflow as tf
 
-    from estimator_vgg.parts import Part, embed_parts
+    from estimator_vgg.accounting import Part
+    from estimator_vgg.parts import embed_parts
 
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":  # the driver's -v shows them
         tf.get_logger().setLevel(logging.ERROR)
@@ -106,10 +108,10 @@ def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, shard: list,
                            f"which the driver made. On a Ray cluster, input.dir, output.dir and "
                            f"model.cache_dir must be on storage every node mounts at the same "
                            f"path")
-    parts = [Part(p.index, list(p.files), p.where, dict(p.preset)) for p in shard]
+    parts = [Part(p.index, list(p.entries), p.where, dict(p.preset)) for p in shard]
     writer = _PartWriter(Path(stage), cfg.output.format)
-    done = embed_parts(cfg, lambda: prepared, writer, parts, blocked, start=start,
-                       early_stop=False)  # the driver checks the error fraction, in order
+    # no budget here: the driver checks the error fraction, in order
+    done = embed_parts(cfg, lambda: prepared, writer, parts, blocked, start=start)
     return {"parts": writer.written, "node": node, "pid": os.getpid(),
             "seconds": round(time.time() - start, 3),
             "first_batch_s": round(done.first_batch_s, 3), "fresh_worker": fresh,
@@ -123,10 +125,9 @@ def shard_config(cfg: Config) -> Config:
     return cfg if devices is cfg.devices else dataclasses.replace(cfg, devices=devices)
 
 
-def task_resources(cfg: Config) -> dict:
+def task_resources(ray_cfg: RayConfig, devices: DevicesConfig) -> dict:
     """What one shard asks Ray for: the GPUs `devices` names, and run.ray.cpus_per_task."""
-    return {"num_cpus": cfg.run.ray.cpus_per_task,
-            "num_gpus": len(cfg.devices.gpus) if cfg.devices.gpus else 0}
+    return {"num_cpus": ray_cfg.cpus_per_task, "num_gpus": len(devices.gpus or ())}
 
 
 def connect(address):
@@ -168,24 +169,22 @@ def check_feasible(nodes: List[dict], resources: dict) -> None:
                    f"nodes have: {have or 'none alive'}. Lower them, or add such nodes")
 
 
-def run_shards(cfg: Config, located, store, parts, blocked: Dict[str, tuple], progress,
-               seen_before: int, errors_before: int, start: float):
-    """Run the parts as Ray tasks (run.ray.parts_per_shard consecutive parts each); list
-    finished parts in the manifest in index order."""
+def run(job) -> Done:
+    """The Ray executor: the job's parts as Ray tasks (run.ray.parts_per_shard consecutive
+    parts each); finished parts listed in the manifest in index order."""
     connect_start = time.time()
-    ray = connect(cfg.run.ray.address)
+    ray = connect(job.cfg.run.ray.address)
     connect_s = time.time() - connect_start
     import ray.exceptions as rex
 
-    pending: dict = {}
+    driver = _Driver(ray, job)
     try:
-        return _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before,
-                           errors_before, start, connect_s, pending)
+        return driver.run(connect_s)
     except rex.RayError as e:  # from ray.put, ray.wait, ray.nodes ...: Ray itself failed
         raise JobError(f"Ray failed: {type(e).__name__}: {e}. The parts listed so far are kept; "
                        f"rerun the same command to resume") from None
     finally:
-        for ref in pending:  # the job stops early: no shard goes on writing for nobody
+        for ref in driver.pending:  # the job stops early: no shard goes on writing for nobody
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - best effort; shutdown below ends the job
@@ -193,91 +192,121 @@ def run_shards(cfg: Config, located, store, parts, blocked: Dict[str, tuple], pr
         ray.shutdown()
 
 
-def _run_shards(ray, cfg, located, store, parts, blocked, progress, seen_before, errors_before,
-                start, connect_s, pending):
-    import uuid
+class _Driver:
+    """The driver's side of a Ray run: submits the shards, waits for them, lists their parts
+    in index order as they finish, and records what ran where."""
 
-    import ray.exceptions as rex
+    def __init__(self, ray, job):
+        self.ray, self.job, self.cfg = ray, job, job.cfg
+        self.pending: dict = {}          # Ray object ref -> its shard (a list of Parts)
+        self.finished: Dict[int, dict] = {}   # part index -> what its shard reported
+        self.next_index = job.parts[0].index
+        self.features, self.errors = 0, []
+        self.shards_done = self.files_finished = 0
+        self.first_shard_s = 0.0
+        self.record: List[dict] = []
 
-    from estimator_vgg import weights
+    def run(self, connect_s: float) -> Done:
+        cfg, job = self.cfg, self.job
+        resources = task_resources(cfg.run.ray, cfg.devices)
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        check_feasible(nodes, resources)
+        stage = self._submit(resources)
+        log.info("ray: %d shards of up to %d parts of %d images, on %d node(s), each asking "
+                 "for %g CPUs and %g GPUs", len(self.pending), cfg.run.ray.parts_per_shard,
+                 cfg.output.rows_per_part, len(nodes), resources["num_cpus"],
+                 resources["num_gpus"])
+        shards = len(self.pending)
+        while self.pending:
+            ready, _ = self.ray.wait(list(self.pending), num_returns=1)
+            shard = self.pending.pop(ready[0])
+            self._finished(shard, self._result(ready[0], shard), shards)
+            self._list_in_order(stage)
+            job.progress.update(self.files_finished, len(self.errors),
+                                shards=f"{self.shards_done}/{shards}")
+        shutil.rmtree(stage.parent, ignore_errors=True)  # every part moved out: only the marker
+        return Done(self.features, self.errors, self.first_shard_s,
+                    record={"executor": "ray", "ray_nodes": len(nodes),
+                            "connect_s": round(connect_s, 3), "shards": self.record})
 
-    resources = task_resources(cfg)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    check_feasible(nodes, resources)
-    # Converted once, here; the shards restore the checkpoint from model.cache_dir.
-    prepared = weights.prepare(cfg.model, located)
-    run_id = uuid.uuid4().hex[:16]
-    stage = store.stage_dir(run_id)
-    # The driver's TensorFlow log level (quiet unless -v) reaches the workers before they
-    # import TensorFlow; otherwise every worker's start-up lines would bury the log. So do the
-    # test hooks of faults.py.
-    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")}
-    env.update(forwarded_env())
-    # A GPU task gets a fresh worker each time (max_calls=1): TensorFlow keeps the GPUs it
-    # opened for the life of the process, whatever CUDA_VISIBLE_DEVICES Ray sets next.
-    task = ray.remote(max_calls=1 if cfg.devices.gpus else 0)(embed_shard).options(
-        max_retries=cfg.run.ray.max_retries, retry_exceptions=False,
-        runtime_env={"env_vars": env}, **resources)
-    shard_cfg = ray.put(shard_config(cfg))
-    prep = ray.put(prepared)
-    k = cfg.run.ray.parts_per_shard
-    shards = [parts[i:i + k] for i in range(0, len(parts), k)]
-    for shard in shards:
-        mine = {f: blocked[f] for p in shard for f in p.files if f in blocked}
-        pending[task.remote(shard_cfg, prep, stage, run_id, shard, mine)] = shard
-    log.info("ray: %d shards of up to %d parts of %d images, on %d node(s), each asking for %g "
-             "CPUs and %g GPUs", len(shards), k, cfg.output.rows_per_part, len(nodes),
-             resources["num_cpus"], resources["num_gpus"])
-    finished: Dict[int, dict] = {}
-    next_index = parts[0].index
-    features, errors, listed, shards_done, files_finished = 0, [], 0, 0, 0
-    first_shard_s = 0.0
-    record: List[dict] = []
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        shard = pending.pop(ready[0])
+    def _submit(self, resources: dict) -> Path:
+        """Convert the weights, stage the run and submit every shard; the staging folder."""
+        import uuid
+
+        cfg, job = self.cfg, self.job
+        # Converted once, here; the shards restore the checkpoint from model.cache_dir.
+        prepared = job.prepare_weights()
+        run_id = uuid.uuid4().hex[:16]
+        stage = job.store.stage_dir(run_id)
+        # The driver's TensorFlow log level (quiet unless -v) reaches the workers before they
+        # import TensorFlow; otherwise every worker's start-up lines would bury the log. So do
+        # the test hooks of faults.py.
+        env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")}
+        env.update(forwarded_env())
+        # A GPU task gets a fresh worker each time (max_calls=1): TensorFlow keeps the GPUs it
+        # opened for the life of the process, whatever CUDA_VISIBLE_DEVICES Ray sets next.
+        task = self.ray.remote(max_calls=1 if cfg.devices.gpus else 0)(embed_shard).options(
+            max_retries=cfg.run.ray.max_retries, retry_exceptions=False,
+            runtime_env={"env_vars": env}, **resources)
+        shard_cfg, prep = self.ray.put(shard_config(cfg)), self.ray.put(prepared)
+        k = cfg.run.ray.parts_per_shard
+        for shard in (job.parts[i:i + k] for i in range(0, len(job.parts), k)):
+            mine = {f: job.blocked[f] for p in shard for f in p.entries if f in job.blocked}
+            self.pending[task.remote(shard_cfg, prep, stage, run_id, shard, mine)] = shard
+        return stage
+
+    def _result(self, ref, shard) -> dict:
+        """What the shard returned, or JobError naming the shard and why it failed."""
+        import ray.exceptions as rex
+
         what = (f"shard {part_name(shard[0].index)}"
                 + (f"..{part_name(shard[-1].index)}" if len(shard) > 1 else "")
-                + f" ({sum(len(p.files) for p in shard)} images from "
-                   f"{redact(display_path(shard[0].files[0]))})")
+                + f" ({sum(len(p.entries) for p in shard)} images from "
+                  f"{redact(display_path(shard[0].entries[0]))})")
+        retries = self.cfg.run.ray.max_retries
         try:
-            result = ray.get(ready[0])
+            result = self.ray.get(ref)
         except rex.RayTaskError as e:
             cause = getattr(e, "cause", None) or e
             raise JobError(f"{what} failed: {redact(cause)}") from None
         except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError) as e:
-            raise JobError(f"{what} was lost {cfg.run.ray.max_retries + 1} times "
-                           f"(run.ray.max_retries={cfg.run.ray.max_retries}): "
-                           f"{type(e).__name__}: {redact(e)}") from None
+            raise JobError(f"{what} was lost {retries + 1} times (run.ray.max_retries="
+                           f"{retries}): {type(e).__name__}: {redact(e)}") from None
         except rex.RayError as e:
             raise JobError(f"{what} failed in Ray: {type(e).__name__}: {redact(e)}") from None
-        if not first_shard_s:
-            first_shard_s = time.time() - start
-        shards_done += 1
-        files_finished += sum(len(p.files) for p in shard)
+        result["what"] = what
+        return result
+
+    def _finished(self, shard, result: dict, shards: int) -> None:
+        if not self.first_shard_s:
+            self.first_shard_s = time.time() - self.job.start
+        self.shards_done += 1
+        self.files_finished += sum(len(p.entries) for p in shard)
         for part in result["parts"]:
-            finished[part["index"]] = part
-        record.append({"parts": [part_name(p["index"]) for p in result["parts"]],
-                       **{key: result[key] for key in ("node", "pid", "seconds", "first_batch_s",
-                                                      "fresh_worker", "worker_age_s",
-                                                      "input_wait_share") if key in result}})
-        log.info("%s done on %s in %.1f s (%d of %d shards)", what, result["node"],
-                 result["seconds"], shards_done, len(shards))
-        while next_index in finished:  # list parts in order: the manifest stays a prefix
-            r = finished.pop(next_index)
+            self.finished[part["index"]] = part
+        self.record.append({"parts": [part_name(p["index"]) for p in result["parts"]],
+                            **{key: result[key] for key in _RECORDED if key in result}})
+        log.info("%s done on %s in %.1f s (%d of %d shards)", result["what"], result["node"],
+                 result["seconds"], self.shards_done, shards)
+
+    def _list_in_order(self, stage: Path) -> None:
+        """List the finished parts that follow the last listed one: the manifest stays a
+        prefix of the parts; the error budget is checked after each."""
+        store, budget = self.job.store, self.job.budget
+        while self.next_index in self.finished:
+            r = self.finished.pop(self.next_index)
             store.adopt_staged(stage, r["index"])
             store.record(r["index"], r["features"], len(r["errors"]))
-            for rel, reason, message in r["errors"]:
+            errors = [tuple(e) for e in r["errors"]]
+            for rel, reason, message in errors:
                 log.log(logging.INFO if reason == DUPLICATE else logging.WARNING,
                         "%s: %s (%s)", redact(display_path(rel)), reason, message)
-            features += r["features"]
-            errors += [tuple(e) for e in r["errors"]]
-            listed += r["features"] + len(r["errors"])
-            next_index += 1
-            check_error_fraction(cfg, seen_before + listed - (len(errors) - counted(errors)),
-                                 errors_before + counted(errors), errors, final=False)
-        progress.update(files_finished, len(errors), shards=f"{shards_done}/{len(shards)}")
-    shutil.rmtree(stage.parent, ignore_errors=True)  # every part moved out: only the marker
-    return Done(features, errors, first_shard_s,
-                record={"executor": "ray", "ray_nodes": len(nodes),
-                        "connect_s": round(connect_s, 3), "shards": record})
+            self.features += r["features"]
+            self.errors += errors
+            self.next_index += 1
+            budget.add(r["features"] + len(errors), errors)
+            budget.check()
+
+
+_RECORDED = ("node", "pid", "seconds", "first_batch_s", "fresh_worker", "worker_age_s",
+             "input_wait_share")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -32,98 +33,107 @@ def input_fn(cfg: Config, paths: Sequence[str], root: Optional[os.PathLike] = No
     two parts and a part's batches do not depend on what came before it (a resumed job then
     computes every part exactly as an uninterrupted one). Default: one part.
     skip_bad: drop images that fail to read, to pass the pixel limit or to decode, instead of
-    raising. The caller must account for the missing paths (the runner records each one in
-    the errors table); a notebook user wants the error, hence the default.
+    raising; the caller accounts for the missing paths (a notebook user wants the error).
     files: the local file of each path (default: joined to `root`).
-    reader: a reader.Reader: the bytes of the parts it serves come from its Python stage
-    (remote objects, tar members, Pillow, EXIF) instead of TensorFlow reading local files.
-    python_parts: which parts it serves (its entries are those parts' paths, in order);
-    default: every part when there is a reader.
-    whole_batches (with skip_bad, no reader): the fast form for local files. Each part is
-    cut into batches of consecutive entries (its last one shorter), decoded with the map and
-    the batch fused, and a batch in which any image fails is dropped whole, good images and
-    all; otherwise the batches are those of the default form. The caller finds the dropped
-    batches (a batch that does not start where the previous one ended) and computes their
-    parts again the default way (parts.py). Where nothing fails this decodes as fast as a
-    pipeline with no bad-file handling (benchmarks/decode_profile.py, `job` against `plain`).
+    reader, python_parts: a reader.Reader whose Python stage serves the parts python_parts
+    marks (default: all) instead of TensorFlow reading local files.
+    whole_batches (with skip_bad, no reader): the fast form for local files; a batch in which
+    any image fails is dropped whole (see _whole_batches; parts.py computes such parts again).
     """
     if not paths:
         raise ValueError("input_fn: the list of paths is empty")
-    root = str(root if root is not None else cfg.input.dir)
     sizes = list(part_sizes) if part_sizes is not None else [len(paths)]
     if sum(sizes) != len(paths) or min(sizes) < 0:
         raise ValueError(f"input_fn: part_sizes {sizes[:5]}... do not add up to {len(paths)}")
-    files = [os.fsencode(f) for f in (files if files is not None else
-                                      (os.path.join(root, p) for p in paths))]
-    keys = [p.encode("utf-8", "surrogateescape") for p in paths]
-    starts = [0, *itertools.accumulate(sizes)][:-1]
-    batch = cfg.devices.batch_size * cfg.towers
-    i = cfg.input
-    policy, antialias, max_pixels = cfg.preprocess.resize, cfg.preprocess.antialias, i.max_pixels
-    dct, fast = cfg.preprocess.jpeg_dct_scaling, cfg.preprocess.fast_decode
-    threads, prefetch = i.decode_threads, i.prefetch_batches
-
-    exif = cfg.preprocess.exif_orientation
-
-    def image(contents, orientation=None):
-        return preprocess(contents, policy, antialias, max_pixels, dct, fast, orientation)
-
+    root = str(root if root is not None else cfg.input.dir)
+    plan = _Plan(
+        files=[os.fsencode(f) for f in (files if files is not None else
+                                        (os.path.join(root, p) for p in paths))],
+        keys=[p.encode("utf-8", "surrogateescape") for p in paths], sizes=sizes,
+        batch=cfg.devices.batch_size * cfg.towers, threads=cfg.input.decode_threads,
+        prefetch=cfg.input.prefetch_batches, image=_Image(cfg.preprocess, cfg.input.max_pixels))
     if whole_batches:
         if not skip_bad or reader is not None or (python_parts is not None and any(python_parts)):
             raise ValueError("input_fn: whole_batches is for skip_bad over local files only")
-        return _whole_batches(files, keys, sizes, batch, threads, prefetch, image)
-
-    def load(file, key):
-        return {"image": image(tf.io.read_file(file)), "path": key}
-
-    def load_bytes(key, contents, orientation):
-        return {"image": image(contents, orientation if exif else None), "path": key}
-
-    read = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
-            tf.TensorSpec([], tf.int32))
-
-    # Which parts the Python stage serves: runs of consecutive parts of one kind become one
-    # dataset each, concatenated in order (at most MAX_RUNS: the caller serves all beyond).
+        return _whole_batches(plan)
     modes = [reader is not None] * len(sizes) if python_parts is None else list(python_parts)
     if len(modes) != len(sizes):
         raise ValueError(f"input_fn: {len(modes)} python_parts for {len(sizes)} parts")
-    runs = [list(g) for _, g in itertools.groupby(range(len(sizes)), key=lambda k: modes[k])]
+    return _by_runs(plan, modes, reader, skip_bad, cfg.preprocess.exif_orientation)
+
+
+class _Image:
+    """Encoded bytes -> the preprocessed image, with the job's preprocess settings."""
+
+    def __init__(self, p, max_pixels: int):
+        self.p, self.max_pixels = p, max_pixels
+
+    def __call__(self, contents, orientation=None):
+        p = self.p
+        return preprocess(contents, p.resize, p.antialias, self.max_pixels, p.jpeg_dct_scaling,
+                          p.fast_decode, orientation)
+
+
+@dataclass
+class _Plan:
+    """What both forms of the pipeline are made of."""
+    files: List[bytes]          # the local file of each entry
+    keys: List[bytes]           # its "path" feature
+    sizes: List[int]            # the parts
+    batch: int                  # images per step (all towers)
+    threads: int
+    prefetch: int
+    image: _Image
+
+    @property
+    def starts(self) -> List[int]:
+        return [0, *itertools.accumulate(self.sizes)][:-1]
+
+
+def _by_runs(plan: _Plan, modes: List[bool], reader, skip_bad: bool,
+             exif: bool) -> Callable[[], tf.data.Dataset]:
+    """The default form: each part decoded image by image and batched on its own. Runs of
+    consecutive parts of one kind (read by TensorFlow, or served by the Python stage) become
+    one dataset each, concatenated in order (at most MAX_RUNS: the caller serves all beyond)."""
+    runs = [list(g) for _, g in itertools.groupby(range(len(plan.sizes)), key=lambda k: modes[k])]
     if len(runs) > MAX_RUNS:
         raise ValueError(f"input_fn: {len(runs)} runs of parts alternate between the Python "
                          f"stage and TensorFlow, more than {MAX_RUNS}")
+    read = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
+            tf.TensorSpec([], tf.int32))
+
+    def load(file, key):
+        return {"image": plan.image(tf.io.read_file(file)), "path": key}
+
+    def load_bytes(key, contents, orientation):
+        return {"image": plan.image(contents, orientation if exif else None), "path": key}
 
     def make() -> tf.data.Dataset:
-        all_files = tf.constant(files)
-        all_keys = tf.constant(keys)
+        all_files, all_keys = tf.constant(plan.files), tf.constant(plan.keys)
 
         def part(start, size, python):
             if python:  # the Python stage's parts pull from one stream, in order
                 ds = tf.data.Dataset.from_generator(lambda n: reader.take(int(n)), args=(size,),
                                                     output_signature=read)
-                fn = load_bytes
             else:
                 ds = tf.data.Dataset.from_tensor_slices((all_files[start:start + size],
                                                          all_keys[start:start + size]))
-                fn = load
             # More images in flight than threads: in listing order, a slow image (a camera
             # photo) would otherwise hold back the thread that finished the next one, and
             # with ignore_errors between map and batch tf.data cannot fuse them to hide that.
-            ds = ds.map(fn, num_parallel_calls=IN_FLIGHT_PER_THREAD * threads,
-                        deterministic=True)
-            if skip_bad:
-                ds = ds.ignore_errors()
-            return ds.batch(batch)
+            ds = ds.map(load_bytes if python else load, deterministic=True,
+                        num_parallel_calls=IN_FLIGHT_PER_THREAD * plan.threads)
+            return (ds.ignore_errors() if skip_bad else ds).batch(plan.batch)
 
         ds = None
         for run in runs:
-            python = modes[run[0]]
             one = tf.data.Dataset.from_tensor_slices((
-                tf.constant([starts[k] for k in run], tf.int64),
-                tf.constant([sizes[k] for k in run], tf.int64)))
+                tf.constant([plan.starts[k] for k in run], tf.int64),
+                tf.constant([plan.sizes[k] for k in run], tf.int64)))
             one = one.filter(lambda start, size: size > 0).flat_map(
-                lambda start, size, python=python: part(start, size, python))
+                lambda start, size, python=modes[run[0]]: part(start, size, python))
             ds = one if ds is None else ds.concatenate(one)
-        return ds.prefetch(prefetch).with_options(_options(threads))
+        return ds.prefetch(plan.prefetch).with_options(_options(plan.threads))
 
     return make
 
@@ -140,17 +150,24 @@ def _options(threads: int) -> tf.data.Options:
     return options
 
 
-def _whole_batches(files: Sequence[bytes], keys: Sequence[bytes], sizes: Sequence[int],
-                   batch: int, threads: int, prefetch: int,
-                   image: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[], tf.data.Dataset]:
-    """input_fn(whole_batches=True): every part padded to whole batches with a 1x1 JPEG
-    (dropped again before the model), so one fused map-and-batch over all entries never
-    mixes two parts in a batch; ignore_errors after the batch drops a failed batch whole."""
+def _whole_batches(plan: _Plan) -> Callable[[], tf.data.Dataset]:
+    """input_fn(whole_batches=True): each part is cut into batches of consecutive entries (its
+    last one shorter), decoded with the map and the batch fused, and a batch in which any image
+    fails is dropped whole, good images and all; otherwise the batches are those of the default
+    form. The caller finds the dropped batches (a batch that does not start where the previous
+    one ended) and computes their parts again the default way (whole_batches.py). Where nothing
+    fails this decodes as fast as a pipeline with no bad-file handling
+    (benchmarks/decode_profile.py, `job` against `plain`).
+
+    Every part is padded to whole batches with a 1x1 JPEG (dropped again before the model), so
+    one fused map-and-batch over all entries never mixes two parts in a batch; ignore_errors
+    after the batch drops a failed batch whole."""
     from estimator_vgg.preprocess import _TINY_JPEG
 
+    files, keys, batch, image = plan.files, plan.keys, plan.batch, plan.image
     padded_files, padded_keys, pads = [], [], []
     start = 0
-    for size in sizes:
+    for size in plan.sizes:
         part = slice(start, start + size)
         start += size
         if not size:
@@ -177,8 +194,9 @@ def _whole_batches(files: Sequence[bytes], keys: Sequence[bytes], sizes: Sequenc
     def make() -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((tf.constant(padded_files),
                                                  tf.constant(padded_keys), tf.constant(pads)))
-        ds = ds.map(load, num_parallel_calls=IN_FLIGHT_PER_THREAD * threads, deterministic=True)
-        ds = ds.batch(batch).ignore_errors().map(without_pads).prefetch(prefetch)
-        return ds.with_options(_options(threads))
+        ds = ds.map(load, num_parallel_calls=IN_FLIGHT_PER_THREAD * plan.threads,
+                    deterministic=True)
+        ds = ds.batch(batch).ignore_errors().map(without_pads).prefetch(plan.prefetch)
+        return ds.with_options(_options(plan.threads))
 
     return make

@@ -33,7 +33,7 @@ h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8p
 
 
 def thumbnail_uri(image: Union[Path, bytes, None], label: str = "") -> Optional[str]:
-    """A JPEG thumbnail of an image (a file, or its bytes: neighbors.image_source) as a data:
+    """A JPEG thumbnail of an image (a file, or its bytes: query.image_source) as a data:
     URI, or None if it cannot be read or decoded (what only Pillow decodes, Pillow decodes)."""
     import tensorflow as tf
 
@@ -77,7 +77,7 @@ def _page(title: str, note: str, body: str) -> str:
 
 def neighbors_page(query_file: Path, query_label: str, matches: Sequence,
                    locate: Callable[[str], Path], out: Path, source: str) -> None:
-    """`locate(path)` gives the image of an output's path (neighbors.image_source)."""
+    """`locate(path)` gives the image of an output's path (query.image_source)."""
     cards = [_card(query_file, query_label, None, query=True)]
     cards += [_card(locate(m.path), m.path, m.score) for m in matches]
     body = f'<div class="grid">{"".join(cards)}</div>'

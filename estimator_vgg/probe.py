@@ -6,14 +6,14 @@ the good path never pays for it.
 from __future__ import annotations
 
 import functools
-from collections import Counter
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Tuple
 
 if TYPE_CHECKING:
-    from estimator_vgg.config import PreprocessConfig
+    from estimator_vgg.sections import InputConfig, PreprocessConfig
+    from estimator_vgg.sources import Where
 
 # Formats Pillow reads but TensorFlow's decoders do not: reported, not decoded.
 _UNSUPPORTED = [
@@ -112,7 +112,7 @@ def _decode_failure(path: str, max_pixels: int, preprocessing=None,
                     data: bytes = None) -> Tuple[str, str]:
     import tensorflow as tf
 
-    from estimator_vgg.config import PreprocessConfig
+    from estimator_vgg.sections import PreprocessConfig
     from estimator_vgg.preprocess import header_size, preprocess
 
     p = preprocessing or PreprocessConfig()
@@ -132,6 +132,26 @@ def _decode_failure(path: str, max_pixels: int, preprocessing=None,
     return "read_error", "failed during the run but reads now (was it being written?)"
 
 
-def reason_counts(errors) -> dict:
-    """{reason: count} of (path, reason, message) rows, sorted by reason."""
-    return dict(sorted(Counter(reason for _, reason, _ in errors).items()))
+class Prober:
+    """Why an entry the pipeline dropped failed, asked where its bytes are and decoded as the
+    job decodes them: a file under input.dir (symlink rules and all), a listed local file
+    (named by the user, so its symlinks are followed), or the bytes of a remote object or a tar
+    member, read again."""
+
+    def __init__(self, input_cfg: "InputConfig", preprocess_cfg: "PreprocessConfig"):
+        self.input_cfg, self.preprocess_cfg = input_cfg, preprocess_cfg
+
+    def __call__(self, rel: str, where: Optional["Where"]) -> Tuple[str, str]:
+        from estimator_vgg.remote import FetchError
+        from estimator_vgg.sources import read_bytes
+
+        i, p = self.input_cfg, self.preprocess_cfg
+        if where is None or (i.list is None and not where.remote and not where.member):
+            return classify(i.dir, rel, i.max_pixels, i.follow_external_symlinks, p)
+        if not where.remote and not where.member:
+            return classify("", where.target, i.max_pixels, True, p)
+        try:
+            data = read_bytes(i, where)
+        except FetchError as e:
+            return e.reason, e.message
+        return classify_bytes(data, i.max_pixels, p, i.fallback_decoder == "pillow")

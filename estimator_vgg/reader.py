@@ -1,7 +1,7 @@
 """The Python stage of the input pipeline, for the entries TensorFlow cannot read itself:
 remote objects, tar members, images only Pillow decodes, and EXIF orientations.
 
-    reader = Reader(cfg, [(key, where), ...], errors)   # in output order
+    reader = Reader(cfg.input, [(key, where), ...], errors, exif=True)  # output order
     for key, contents, orientation in reader.take(n): ...  # the next n that could be read
 
 input.read_concurrency reads are in flight ahead of the decoder, on threads of its own, in
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterator, Sequence, Tuple
 
 from estimator_vgg import remote
-from estimator_vgg.config import Config
+from estimator_vgg.sections import InputConfig
 from estimator_vgg.remote import FetchError
 from estimator_vgg.sources import Where, read_bytes
 
@@ -92,24 +92,25 @@ def pillow_opens(data: bytes) -> bool:
 
 
 class Reader:
-    """Bytes of `entries` in their order, input.read_concurrency ahead."""
+    """Bytes of `entries` in their order, input.read_concurrency ahead; exif: read each JPEG's
+    EXIF orientation (preprocess.exif_orientation)."""
 
-    def __init__(self, cfg: Config, entries: Sequence[Tuple[str, Where]],
-                 errors: Dict[str, ErrorRow]):
-        self.cfg, self.errors = cfg, errors
+    def __init__(self, input_cfg: InputConfig, entries: Sequence[Tuple[str, Where]],
+                 errors: Dict[str, ErrorRow], exif: bool = False):
+        self.input_cfg, self.errors = input_cfg, errors
         self._entries = iter(entries)
         self._window: collections.deque = collections.deque()
-        self._ahead = max(1, cfg.input.read_concurrency)
+        self._ahead = max(1, input_cfg.read_concurrency)
         self._pool = ThreadPoolExecutor(self._ahead, thread_name_prefix="estimator-vgg-read")
         self._closed = False
-        self._pillow = cfg.input.fallback_decoder == "pillow"
-        self._exif = cfg.preprocess.exif_orientation
+        self._pillow = input_cfg.fallback_decoder == "pillow"
+        self._exif = exif
 
     def prepare(self, where: Where) -> Tuple[bytes, int]:
         """(bytes for TensorFlow's decoders, EXIF orientation) of one entry."""
-        data = read_bytes(self.cfg, where)
+        data = read_bytes(self.input_cfg, where)
         if self._pillow and data and not data.startswith(TF_MAGIC) and pillow_opens(data):
-            return pillow_to_bmp(data, self.cfg.input.max_pixels), 1
+            return pillow_to_bmp(data, self.input_cfg.max_pixels), 1
         return data, (jpeg_orientation(data) if self._exif else 1)
 
     def _fill(self) -> None:

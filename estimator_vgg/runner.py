@@ -1,8 +1,10 @@
 """The job: list the images, open the output, choose the executor, record the run.
 
-The only module that wires the stages together (listing -> store -> an executor). The local
-executor is here; the Ray executor is cluster.py; both do the per-part work of parts.py, and
-neither imports this module.
+    summary = run(cfg)                     # the command line's job, from a notebook too
+
+The only module that wires the stages together (listing -> store -> an executor): it builds
+the Job (job.py) that either executor takes, the local one (parts.run_here) or Ray's
+(cluster.run); neither imports this module.
 """
 from __future__ import annotations
 
@@ -17,19 +19,25 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 
-from estimator_vgg import __version__, probe, sources, weights
+from estimator_vgg import __version__, cluster, parts, probe, sources, weights
+from estimator_vgg.accounting import cut_parts
+from estimator_vgg.budget import ErrorBudget, reason_counts
 from estimator_vgg.config import Config
 from estimator_vgg.devices import precision_hint, tower_devices
-from estimator_vgg.remote import redact
-from estimator_vgg.sources import Where
+from estimator_vgg.job import Job, JobError
 from estimator_vgg.manifest import ERRORS, Fingerprint, RunRecord
-from estimator_vgg.parts import (Done, JobError, Part, check_error_fraction, counted,
-                                 cut_parts, embed_parts)
+from estimator_vgg.output import Output
+from estimator_vgg.remote import redact
+from estimator_vgg.sections import InputConfig
+from estimator_vgg.sources import Where
 from estimator_vgg.store import Store
 
 log = logging.getLogger(__name__)
 
 __all__ = ["JobError", "Summary", "run", "fingerprint"]
+
+# What runs the parts, by run.executor: each takes the Job and returns a job.Done.
+EXECUTORS = {"local": parts.run_here, "ray": cluster.run}
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Summary:
     first_batch_s: float = 0.0     # local: the first batch; ray: the first shard done
     new_features: int = 0
     executor: str = "local"
+    exit_code: int = 0             # 0 all embedded; 3 some in the errors table; 1 too many
 
     @property
     def error_count(self) -> int:
@@ -67,18 +76,20 @@ def _versions() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def blocked_files(cfg: Config, todo: List[str], where: List[Optional[Where]]) -> Dict[str, tuple]:
+def blocked_files(input_cfg: InputConfig, todo: List[str],
+                  where: List[Optional[Where]]) -> Dict[str, tuple]:
     """Local files never to open, with their error: in a folder, symlinks out of input.dir
     (unless allowed); anywhere, FIFOs or devices named like images (reading one would block
     forever). A listed file is named by the user, so its symlinks are followed."""
+    i = input_cfg
     blocked = {}
-    folder = cfg.input.list is None
+    folder = i.list is None
     for rel, w in zip(todo, where):
         if w is None or w.remote:
             continue
-        if (folder and not w.member and not cfg.input.follow_external_symlinks
-                and probe.outside_root(cfg.input.dir, rel)):
-            blocked[rel] = probe.classify(cfg.input.dir, rel, cfg.input.max_pixels, False)
+        if (folder and not w.member and not i.follow_external_symlinks
+                and probe.outside_root(i.dir, rel)):
+            blocked[rel] = probe.classify(i.dir, rel, i.max_pixels, False)
         elif probe.special_file(w.target):
             blocked[rel] = ("not_a_file", "not a regular file (a FIFO, socket or device)")
     return blocked
@@ -104,87 +115,70 @@ def run(cfg: Config, progress=None) -> Summary:
     """
     from estimator_vgg.progress import LogProgress
 
-    progress = progress or LogProgress()
     start = time.time()
-    listing = sources.build(cfg)
+    listing = sources.build(cfg.input)
     if not listing.keys:
-        where = (f"input.dir {redact(str(cfg.input.dir))} holds no file with an image "
-                 f"extension ({', '.join(cfg.input.extensions)}); check the folder or "
-                 f"input.extensions")
-        raise JobError(where + (" or input.expand_tars" if not cfg.input.expand_tars else ""))
+        raise JobError(f"input.dir {redact(str(cfg.input.dir))} holds no file with an image "
+                       f"extension ({', '.join(cfg.input.extensions)}); check the folder or "
+                       f"input.extensions"
+                       + (" or input.expand_tars" if not cfg.input.expand_tars else ""))
     located = weights.locate(cfg.model)  # hashed for the fingerprint; converted only if needed
     store = Store(cfg.output.dir, cfg.output.format)
     store.open(fingerprint(cfg, located), cfg.to_dict(), cfg.output.overwrite)
-    sources.check_appended(cfg, listing, store.dir)
-    first, repeats = sources.committed_counts(store.dir, store.manifest)
+    sources.check_appended(listing, store.dir)
+    first, repeats = sources.committed_counts(Output(store.dir, store.manifest))
     todo_at = sources.todo(listing, first, repeats)
-    todo = [listing.keys[n] for n in todo_at]
-    counts_before = store.manifest.count()
-    feats_before, errs_before = counts_before["features"], counts_before["errors"]
-    dups_before = sum(repeats.values())
+    counts = store.manifest.count()
+    budget = ErrorBudget.of_output(cfg.input.max_error_fraction, str(store.dir / ERRORS),
+                                   counts["features"], counts["errors"], sum(repeats.values()))
     log.info("found %d entries in %s: %d already done, %d to do", len(listing.keys),
-             sources.describe(cfg, listing), len(listing.keys) - len(todo), len(todo))
+             sources.describe(cfg.input, listing), len(listing.keys) - len(todo_at),
+             len(todo_at))
     record = RunRecord(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        command=recorded_command(list(sys.argv)),
                        versions=_versions(), devices=tower_devices(cfg.devices))
-    if not todo:
+    if not todo_at:
         record.seconds = round(time.time() - start, 3)
         store.finish(record, complete=True)
-        return Summary(len(listing.keys), feats_before, _error_counts(store), 0,
-                       time.time() - start, cfg.output.dir, noop=True)
-
-    hint = precision_hint(cfg.devices, cfg.model.precision)
-    if hint and cfg.run.executor == "local":  # Ray's nodes may have other CPUs than this one
-        log.info("%s", hint)
-    where = [listing.where[n] for n in todo_at]
-    blocked = blocked_files(cfg, todo, where)
-    preset = {k: listing.preset[n] for k, n in enumerate(todo_at) if n in listing.preset}
-    parts = cut_parts(todo, store.next_index(), cfg.output.rows_per_part, where, preset)
-    seen_before = feats_before + errs_before - dups_before
-    errors_before = errs_before - dups_before
-
-    progress.start(len(todo))
+        return _summary(listing, store, budget, time.time() - start, noop=True)
+    job = _job(cfg, located, store, listing, todo_at, budget, progress or LogProgress(), start)
+    job.progress.start(len(todo_at))
     try:
-        if cfg.run.executor == "ray":
-            from estimator_vgg import cluster
-            done = cluster.run_shards(cfg, located, store, parts, blocked, progress,
-                                      seen_before, errors_before, start)
-        else:
-            done = _run_here(cfg, located, store, parts, blocked, progress,
-                             seen_before, errors_before, start)
+        done = EXECUTORS[cfg.run.executor](job)
     finally:
-        progress.close()
-    new_dups = len(done.errors) - counted(done.errors)
-    check_error_fraction(cfg, seen_before + len(todo) - new_dups,
-                         errors_before + counted(done.errors), done.errors, final=True)
+        job.progress.close()
+    budget.check(final=True)
     seconds = time.time() - start
-    counts = _error_counts(store)
-    record.new_files, record.new_features = len(todo), done.features
-    record.new_errors = probe.reason_counts(done.errors)
+    record.new_files, record.new_features = len(todo_at), done.features
+    record.new_errors = reason_counts(done.errors)
     record.seconds, record.first_batch_s = round(seconds, 3), round(done.first_batch_s, 3)
     record.images_per_s = round(done.features / seconds, 3)
     record.details = done.record
     store.finish(record, complete=True)
-    return Summary(len(listing.keys), feats_before + done.features, counts, len(todo), seconds,
-                   cfg.output.dir, first_batch_s=done.first_batch_s,
-                   new_features=done.features, executor=cfg.run.executor)
+    return _summary(listing, store, budget, seconds, done=done, new_files=len(todo_at),
+                    executor=cfg.run.executor)
 
 
-def _run_here(cfg: Config, located: weights.Located, store: Store, parts: List[Part],
-              blocked: Dict[str, tuple], progress, seen_before: int, errors_before: int,
-              start: float) -> Done:
-    """The local executor: this process, this machine's devices, parts committed in order."""
-    return embed_parts(cfg, lambda: weights.prepare(cfg.model, located), store, parts, blocked,
-                       seen_before, errors_before, start, on_progress=progress.update)
+def _job(cfg: Config, located: weights.Located, store: Store, listing: sources.Listing,
+         todo_at: List[int], budget: ErrorBudget, progress, start: float) -> Job:
+    """The Job of the entries at `todo_at`: cut into parts from the output's next index."""
+    hint = precision_hint(cfg.devices, cfg.model.precision)
+    if hint and cfg.run.executor == "local":  # Ray's nodes may have other CPUs than this one
+        log.info("%s", hint)
+    todo = [listing.keys[n] for n in todo_at]
+    where = [listing.where[n] for n in todo_at]
+    preset = {k: listing.preset[n] for k, n in enumerate(todo_at) if n in listing.preset}
+    return Job(cfg, located, store,
+               cut_parts(todo, store.next_index(), cfg.output.rows_per_part, where, preset),
+               blocked_files(cfg.input, todo, where), progress, budget, start)
 
 
-def _error_counts(store: Store) -> Dict[str, int]:
-    """Errors by reason over every committed part."""
-    import pyarrow.parquet as pq
-
-    reasons: Counter = Counter()
-    for p in store.parts:
-        if p.errors:
-            f = store.dir / ERRORS / f"{p.name}.parquet"
-            reasons.update(pq.read_table(f, columns=["reason"]).column("reason").to_pylist())
-    return dict(sorted(reasons.items()))
+def _summary(listing, store: Store, budget: ErrorBudget, seconds: float, noop: bool = False,
+             done=None, new_files: int = 0, executor: str = "local") -> Summary:
+    errors = dict(sorted(Counter(Output(store.dir, store.manifest).error_reasons()).items()))
+    summary = Summary(len(listing.keys), store.manifest.count()["features"], errors, new_files,
+                      seconds, store.dir, noop=noop, executor=executor,
+                      exit_code=budget.exit_code(sum(errors.values())))
+    if done is not None:
+        summary.first_batch_s, summary.new_features = done.first_batch_s, done.features
+    return summary

@@ -2,7 +2,7 @@
 with the output `path` it is keyed by and where its bytes are (a local file, a URI, or a
 member of a tar shard), in output order.
 
-    listing = sources.build(cfg)          # Listing: keys, where, preset rows
+    listing = sources.build(cfg.input)    # Listing: keys, where, preset rows
     todo = sources.todo(listing, first, repeats)   # indices still to do on a resume
 
 A folder keeps today's form: sorted `/`-separated relative paths, local files read by
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from estimator_vgg import remote
-from estimator_vgg.config import Config, ConfigError, is_uri
+from estimator_vgg.sections import ConfigError, InputConfig, is_uri
 from estimator_vgg.listing import display_path, list_images
 from estimator_vgg.manifest import LIST_COPY
 
@@ -67,16 +67,13 @@ class Listing:
     def remote(self) -> int:
         return sum(1 for w in self.where if w is not None and w.remote)
 
-    def python_needed(self, cfg: Config) -> bool:
-        return python_needed(cfg, self.where)
 
-
-def python_needed(cfg: Config, where) -> bool:
-    """Whether any entry needs the Python stage (a remote read, a tar member, Pillow, the EXIF
-    orientation) rather than TensorFlow reading the local file itself."""
-    if cfg.preprocess.exif_orientation:
+def python_needed(where, pillow: bool, exif: bool) -> bool:
+    """Whether any entry of `where` needs the Python stage (a remote read, a tar member, Pillow
+    for input.fallback_decoder: pillow, the EXIF orientation for preprocess.exif_orientation)
+    rather than TensorFlow reading the local file itself."""
+    if exif:
         return True
-    pillow = cfg.input.fallback_decoder == "pillow"
     for w in where:
         if w is None:
             continue
@@ -95,12 +92,12 @@ def _is_tar(name: str) -> bool:
     return _ext(name) == "tar"
 
 
-def read_bytes(cfg: Config, where: Where) -> bytes:
+def read_bytes(input_cfg: InputConfig, where: Where) -> bytes:
     """The bytes an entry names: a local file, a URI, or a tar member's range of either."""
     if where.remote:
         if where.member:
-            return remote.fetch(cfg.input, where.target, where.offset, where.offset + where.size)
-        return remote.fetch(cfg.input, where.target)
+            return remote.fetch(input_cfg, where.target, where.offset, where.offset + where.size)
+        return remote.fetch(input_cfg, where.target)
     try:
         with open(where.target, "rb") as f:
             if where.member:
@@ -122,48 +119,48 @@ def read_bytes(cfg: Config, where: Where) -> bytes:
 
 # ----------------------------------------------------------------------------- building
 
-def build(cfg: Config) -> Listing:
+def build(input_cfg: InputConfig) -> Listing:
     """The entries of the job, in output order (ConfigError for an unusable list)."""
-    i = cfg.input
+    i = input_cfg
     exts = set(i.extensions) | ({"tar"} if i.expand_tars else set())
     if i.list is not None:
-        return _from_list(cfg)
+        return _from_list(i)
     if is_uri(i.dir):
         listing = Listing("prefix")
         for rel in remote.list_prefix(i, i.dir):
             if _ext(rel) in exts:
-                _add_entry(cfg, listing, rel, Where(remote.join(i.dir, rel), remote=True))
+                _add_entry(i, listing, rel, Where(remote.join(i.dir, rel), remote=True))
         return listing
     listing = Listing("folder")
     for rel in list_images(i.dir, exts):
-        _add_entry(cfg, listing, rel, Where(os.path.join(str(i.dir), rel)))
+        _add_entry(i, listing, rel, Where(os.path.join(str(i.dir), rel)))
     return listing
 
 
-def _add_entry(cfg: Config, listing: Listing, key: str, where: Where) -> None:
-    if cfg.input.expand_tars and _is_tar(where.target):
-        _add_tar(cfg, listing, key, where)
+def _add_entry(input_cfg: InputConfig, listing: Listing, key: str, where: Where) -> None:
+    if input_cfg.expand_tars and _is_tar(where.target):
+        _add_tar(input_cfg, listing, key, where)
     else:
         listing.add(key, where)
 
 
-def _add_tar(cfg: Config, listing: Listing, key: str, where: Where) -> None:
+def _add_tar(input_cfg: InputConfig, listing: Listing, key: str, where: Where) -> None:
     """Every image member of the tar as an entry, then `<tar>/` (bad_archive) if it is
     damaged; headers only are read (a remote tar by ranged requests)."""
     listing.tars += 1
     before = len(listing.keys)
     try:
-        _tar_entries(cfg, listing, key, where)
+        _tar_entries(input_cfg, listing, key, where)
     finally:
         listing.tar_of.update((k, key) for k in range(before, len(listing.keys)))
 
 
-def _tar_entries(cfg: Config, listing: Listing, key: str, where: Where) -> None:
-    exts = set(cfg.input.extensions)
+def _tar_entries(input_cfg: InputConfig, listing: Listing, key: str, where: Where) -> None:
+    exts = set(input_cfg.extensions)
     try:
         if where.remote:
-            total = remote.size(cfg.input, where.target)
-            f = remote.RangeFile(cfg.input, where.target, total)
+            total = remote.size(input_cfg, where.target)
+            f = remote.RangeFile(input_cfg, where.target, total)
         else:
             total = os.path.getsize(where.target)
             f = open(where.target, "rb")
@@ -219,11 +216,11 @@ def _unreadable_tar(key: str, message: str) -> Exception:
                         f"input.retries or input.request_timeout_s), or remove the entry")
 
 
-def read_list(cfg: Config) -> Tuple[List[str], List[str]]:
+def read_list(input_cfg: InputConfig) -> Tuple[List[str], List[str]]:
     """The entries of input.list, in order, and where each one is in the file (`line 7` of a
     .txt or .jsonl, `row 7` of a table under its header); ConfigError naming the file when it
     cannot be used: missing, unreadable, empty, or without the column."""
-    i = cfg.input
+    i = input_cfg
     name = remote.redact(str(i.list))
     suffix = "." + _ext(str(i.list))
     try:
@@ -278,9 +275,9 @@ def _table_column(data: bytes, suffix: str, column: str, name: str) -> List[str]
     return ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values]
 
 
-def _from_list(cfg: Config) -> Listing:
-    i = cfg.input
-    entries, labels = read_list(cfg)
+def _from_list(input_cfg: InputConfig) -> Listing:
+    i = input_cfg
+    entries, labels = read_list(i)
     listing = Listing("list", lines=entries, labels=labels)
     first: Dict[str, str] = {}   # key -> the label of the line that processes it
     handled: Dict[str, bool] = {}
@@ -309,7 +306,7 @@ def _from_list(cfg: Config) -> Listing:
         elif not os.path.isabs(entry) and i.dir is None:
             relative_without_dir = relative_without_dir or (label, entry)
             continue
-        _add_entry(cfg, listing, entry, _where_of(cfg, entry))
+        _add_entry(i, listing, entry, _where_of(i, entry))
         for k in range(before, len(listing.keys)):  # tar members named twice
             key = listing.keys[k]
             if key == entry or listing.where[k] is None:
@@ -384,27 +381,19 @@ def _settled_tars(listing: Listing, first: Counter) -> set:
     return settled
 
 
-def committed_counts(out_dir: Path, manifest) -> Tuple[Counter, Counter]:
+def committed_counts(output) -> Tuple[Counter, Counter]:
     """(rows per path other than duplicate_entry, duplicate_entry rows per path) over the
-    committed parts."""
-    import pyarrow.parquet as pq
-
-    from estimator_vgg import writer
-    from estimator_vgg.manifest import ERRORS, part_name
-
+    committed parts of `output` (an output.Output)."""
     first, repeats = Counter(), Counter()
-    for part in manifest.parts:
-        paths = writer.read_part_paths(out_dir, manifest.output_format, part.index)
-        f = Path(out_dir) / ERRORS / f"{part_name(part.index)}.parquet"
-        reasons = pq.read_table(f, columns=["reason"]).column("reason").to_pylist()
-        n_features = len(paths) - len(reasons)
-        first.update(paths[:n_features])
-        for path, reason in zip(paths[n_features:], reasons):
+    for part in output.parts:
+        first.update(output.feature_paths(part.index))
+        errors = output.error_rows(part.index, ("path", "reason"))
+        for path, reason in zip(errors["path"], errors["reason"]):
             (repeats if reason == DUPLICATE else first)[path] += 1
     return first, repeats
 
 
-def check_appended(cfg: Config, listing: Listing, out_dir: Path) -> None:
+def check_appended(listing: Listing, out_dir: Path) -> None:
     """Refuse a list changed other than by appending lines since this output was made from it
     (ConfigError naming the first line that differs); then record the list as it is now."""
     import pyarrow as pa
@@ -435,10 +424,10 @@ def check_appended(cfg: Config, listing: Listing, out_dir: Path) -> None:
     commit_file(copy, lambda tmp: pq.write_table(table, tmp))
 
 
-def describe(cfg: Config, listing: Listing) -> str:
+def describe(input_cfg: InputConfig, listing: Listing) -> str:
     """The source and what it holds, for the dry run and the log: `list l.csv (11 lines,
     relative entries under /d) (5 remote, 3 tars, 1 repeated)`."""
-    i = cfg.input
+    i = input_cfg
     if listing.kind == "list":
         where = f"list {remote.redact(str(i.list))} ({len(listing.lines)} lines"
         where += f", relative entries under {remote.redact(str(i.dir))})" if i.dir else ")"
@@ -455,25 +444,25 @@ def describe(cfg: Config, listing: Listing) -> str:
 
 # ----------------------------------------------------------------------------- reading back
 
-def read_entry(cfg: Config, key: str) -> bytes:
+def read_entry(input_cfg: InputConfig, key: str) -> bytes:
     """The bytes of an output row's `path`, read again (neighbors' queries by path, the pages'
     thumbnails): a file under input.dir, a listed path or URI, or a tar member
     (`<tar>/<member>`, found by its name in the tar's headers). Raises remote.FetchError."""
     at = key.lower().find(".tar/")
     if at >= 0:
         tar_key, member = key[:at + 4], key[at + 5:]
-        tar_where = _where_of(cfg, tar_key)
+        tar_where = _where_of(input_cfg, tar_key)
         listing = Listing("tar")
-        _add_tar(cfg, listing, tar_key, tar_where)
+        _add_tar(input_cfg, listing, tar_key, tar_where)
         for k, w in zip(listing.keys, listing.where):
             if k == f"{tar_key}/{member}" and w is not None:
-                return read_bytes(cfg, w)
+                return read_bytes(input_cfg, w)
         raise remote.FetchError("missing", f"{member} is not a member of {remote.redact(tar_key)}")
-    return read_bytes(cfg, _where_of(cfg, key))
+    return read_bytes(input_cfg, _where_of(input_cfg, key))
 
 
-def _where_of(cfg: Config, key: str) -> Where:
-    i = cfg.input
+def _where_of(input_cfg: InputConfig, key: str) -> Where:
+    i = input_cfg
     if is_uri(key):
         return Where(key, remote=True)
     if os.path.isabs(key):

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -109,9 +109,6 @@ class Store:
                 if f.name.endswith(".tmp") or f.name.split(".")[0] not in committed:
                     log.info("removing %s, left by a run that was stopped", f)
                     f.unlink()
-
-    def done_paths(self) -> Set[str]:
-        return writer.committed_paths(self.dir, self.manifest)
 
     def next_index(self) -> int:
         return self.manifest.next_index()

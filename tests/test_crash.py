@@ -68,7 +68,7 @@ def test_a_killed_npy_or_csv_job_resumes_to_the_uninterrupted_output(fmt, crash_
     """The other formats' part files (npy: matrix and path index; csv: one wide file) are
     committed as safely: killed between a part's files and its listing, then resumed, the
     rows equal the uninterrupted run's bitwise (csv's %.9g round-trips float32)."""
-    from estimator_vgg.writer import read_features
+    from estimator_vgg.output import read_features
 
     out = tmp_path / "out"
     args = ("output.rows_per_part=2", f"output.format={fmt}")
@@ -145,7 +145,7 @@ def test_a_listed_part_missing_on_disk_says_the_output_is_damaged_and_what_to_do
     assert "features/part-00000.parquet is missing" in r.stderr
     assert "--overwrite" in r.stderr and "rerun the same command" not in r.stderr
     from estimator_vgg.manifest import OutputError
-    from estimator_vgg.writer import read_features
+    from estimator_vgg.output import read_features
     with pytest.raises(OutputError, match="damaged: .*part-00000"):
         read_features(out)
     fixed = job(tmp_path, imgs, out, "output.rows_per_part=2", "--overwrite")

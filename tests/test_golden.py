@@ -73,7 +73,7 @@ def test_every_demo_image_is_one_row_with_its_path_as_on_disk(demo_run):
 
 @pytest.mark.parametrize("fmt", ["npy", "csv"])
 def test_npy_and_csv_outputs_hold_the_same_rows_as_parquet(fmt, demo_run, tmp_path):
-    from estimator_vgg.writer import read_features
+    from estimator_vgg.output import read_features
 
     parquet_out, _ = demo_run
     out = tmp_path / fmt

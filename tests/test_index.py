@@ -102,6 +102,24 @@ def test_the_python_api_searches_by_vector_path_and_file(output):
         idx.search_paths(["nope.jpg"])
 
 
+def test_a_query_by_path_reads_its_row_and_candidates_only_and_no_tensorflow(output):
+    """Through an index a query by a path of the output needs the path column, the query's own
+    row and its candidates' rows (16 KiB each from the fast layout): no part is read whole, and
+    TensorFlow is never imported."""
+    out, _, _ = output
+    assert cli("index", out, "--rebuild", "--pca", "4").returncode == 0
+    code = ("import sys; from estimator_vgg import output, parquet_layout\n"
+            "def whole(*a, **k): raise AssertionError('a part was read whole')\n"
+            "output.Output.read_part = whole; output.Output.read_features = whole\n"
+            "from estimator_vgg.cli import main; rc = main(sys.argv[1:])\n"
+            "assert 'tensorflow' not in sys.modules, 'a query by path imported TensorFlow'\n"
+            "sys.exit(rc)")
+    r = run_py("-c", code, "neighbors", out, "chelsea_cat.JPG", "-k", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert listed(r.stdout)[0] == ("copy_of_cat.jpg", 1.0)
+    assert "re-scored on the full fc7" in r.stdout.splitlines()[0]
+
+
 def test_duplicates_through_the_index_equal_exact_duplicates(output, tmp_path):
     out, _, _ = output
     exact = cli("neighbors", out, "--duplicates", "0.95", "--exact", "--pairs",
@@ -203,13 +221,13 @@ def test_an_index_of_other_weights_is_refused(output, tmp_path):
 
 def test_an_output_of_an_earlier_release_reads_resumes_and_searches(tmp_path):
     out, imgs, cfg = make_job(tmp_path)
-    from estimator_vgg import read_features, writer
+    from estimator_vgg import parquet_layout, read_features
 
     before = read_features(out)
     for f in (out / "features").glob("*.parquet"):   # rewrite as earlier releases wrote parts
         t = pq.read_table(f).replace_schema_metadata(None)
         pq.write_table(t, f)
-        assert writer.fast_row_groups(f) is None
+        assert parquet_layout.fast_row_groups(f) is None
     for d in (out / "manifest.json",):               # and their manifest had no output_id
         m = json.loads(d.read_text())
         m.pop("output_id")
@@ -337,7 +355,7 @@ def test_auto_picks_the_kind_from_rows_and_memory_and_says_why():
 
 
 def test_the_duplicates_page_is_bounded_and_counts_what_it_left_out(tmp_path):
-    from estimator_vgg.neighbors import Match
+    from estimator_vgg.search import Match
     from estimator_vgg.page import duplicates_page
 
     groups = [[Match(f"g{g}/{i}.jpg", 0.99) for i in range(3 if g else 20)] for g in range(5)]

@@ -44,11 +44,12 @@ def test_read_features_gives_every_row_as_one_float32_matrix(output):
 
 
 def test_nearest_is_exact_across_parts(output):
-    from estimator_vgg.neighbors import nearest, vector_of
+    from estimator_vgg.exact import ExactSearcher
 
     out, _ = output
-    q = vector_of(out, "retina.gif")
-    got = nearest(out, q, k=4)
+    searcher = ExactSearcher(out)
+    q = searcher.vectors_of([searcher.row_of("retina.gif")])[0]
+    got = searcher.search(q, k=4)[0]
     want = brute_force(out, q, 4)
     assert [m.path for m in got] == [p for p, _ in want]
     np.testing.assert_allclose([m.score for m in got], [s for _, s in want], rtol=1e-5)

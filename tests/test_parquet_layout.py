@@ -15,7 +15,7 @@ def _matrix(n, seed=0):
 def test_new_parts_read_through_the_fast_path_bit_for_bit(tmp_path, rows):
     import pandas as pd
 
-    from estimator_vgg import writer
+    from estimator_vgg import parquet_layout, writer
 
     m = _matrix(rows)
     paths = [f"d/{i}.jpg" for i in range(rows)]
@@ -23,9 +23,10 @@ def test_new_parts_read_through_the_fast_path_bit_for_bit(tmp_path, rows):
     f = tmp_path / "features" / "part-00000.parquet"
     pf = pq.ParquetFile(f)
     out = np.full((rows, 4096), np.nan, np.float32)
-    assert writer._read_fc7_fast(f, pf, out)
+    with open(f, "rb", buffering=0) as fh:
+        assert parquet_layout._read_fc7_fast(fh, pf, out)
     assert np.array_equal(out, m)
-    got_paths, got = writer.read_parquet_part(f)
+    got_paths, got = parquet_layout.read_parquet_part(f)
     assert got_paths == paths and np.array_equal(got, m)
     df = pd.read_parquet(tmp_path / "features")  # still a plain table with path and fc7
     assert df.columns.tolist() == ["path", "fc7"] and df["path"].tolist() == paths
@@ -35,7 +36,7 @@ def test_new_parts_read_through_the_fast_path_bit_for_bit(tmp_path, rows):
 
 @pytest.mark.parametrize("layout", ["earlier_release", "several_pages", "dictionary", "gzip"])
 def test_parts_in_other_layouts_fall_back_to_pyarrow(tmp_path, layout):
-    from estimator_vgg import writer
+    from estimator_vgg import parquet_layout
 
     m = _matrix(1200, seed=1)
     paths = [f"{i}.png" for i in range(1200)]
@@ -50,16 +51,20 @@ def test_parts_in_other_layouts_fall_back_to_pyarrow(tmp_path, layout):
                        row_group_size=500)}[layout]
     # the marker claims the fast layout: only the checks of the file itself can refuse it
     if layout != "earlier_release":
-        table = table.replace_schema_metadata({b"estimator_vgg.layout": writer.FAST_LAYOUT})
+        table = table.replace_schema_metadata(
+            {b"estimator_vgg.layout": parquet_layout.FAST_LAYOUT})
     pq.write_table(table, f, **kw)
-    assert not writer._read_fc7_fast(f, pq.ParquetFile(f), np.empty((1200, 4096), np.float32))
-    got_paths, got = writer.read_parquet_part(f)
+    with open(f, "rb", buffering=0) as fh:
+        assert not parquet_layout._read_fc7_fast(fh, pq.ParquetFile(f),
+                                                 np.empty((1200, 4096), np.float32))
+    assert (parquet_layout.row_offsets(f, 1200) == -1).all()
+    got_paths, got = parquet_layout.read_parquet_part(f)
     assert got_paths == paths and np.array_equal(got, m)
 
 
 def test_read_features_mixes_earlier_and_new_parts(tmp_path):
     """An output resumed by this release after an earlier one holds parts of both layouts."""
-    from estimator_vgg import writer
+    from estimator_vgg import read_features, writer
     from estimator_vgg.manifest import Fingerprint, Preprocessing
     from estimator_vgg.store import Store
 
@@ -77,6 +82,40 @@ def test_read_features_mixes_earlier_and_new_parts(tmp_path):
     writer.write_errors(tmp_path / "out", 0, [])
     store.record(0, 10, 0)
     store.commit(1, [f"b{i}" for i in range(7)], b, [])
-    paths, m = writer.read_features(tmp_path / "out")
+    paths, m = read_features(tmp_path / "out")
     assert paths == [f"a{i}" for i in range(10)] + [f"b{i}" for i in range(7)]
     assert np.array_equal(m, np.concatenate([a, b]))
+
+
+def test_rows_by_offset_are_the_rows_and_each_part_is_read_once(tmp_path):
+    """RowReader reads a fast-layout row as its 16 KiB and a part of another layout whole,
+    once per call however many of its rows are asked for, in any order."""
+    from estimator_vgg import parquet_layout, writer
+    from estimator_vgg.parquet_layout import RowReader, row_offsets
+
+    fast, other = _matrix(5000, 4), _matrix(300, 5)
+    writer.write_features(tmp_path, "parquet", 0, [f"f{i}" for i in range(5000)], fast)
+    old = tmp_path / "features" / "part-00001.parquet"
+    pq.write_table(pa.table({"path": pa.array([f"o{i}" for i in range(300)]), "fc7":
+                             pa.FixedSizeListArray.from_arrays(pa.array(other.reshape(-1)),
+                                                               4096)}), old)
+    files = {0: tmp_path / "features" / "part-00000.parquet", 1: old}
+    offsets = {k: row_offsets(f, n) for (k, f), n in zip(files.items(), (5000, 300))}
+    assert (offsets[0] >= 0).all() and (offsets[1] == -1).all()
+    opened, read = [], []
+
+    def open_part(k):
+        opened.append(k)
+        return open(files[k], "rb", buffering=0)
+
+    def read_part(k):
+        read.append(k)
+        return parquet_layout.read_parquet_part(files[k])[1]
+
+    parts = [1, 0, 1, 0, 0, 1]
+    rows = [299, 4097, 0, 4095, 3, 7]
+    got = RowReader(open_part, read_part).rows(parts, rows,
+                                               [offsets[p][r] for p, r in zip(parts, rows)])
+    want = np.stack([(fast if p == 0 else other)[r] for p, r in zip(parts, rows)])
+    assert np.array_equal(got, want)
+    assert opened == [0] and read == [1]

@@ -1,13 +1,16 @@
-"""The runner's whole-batch accounting (parts._whole_batch_rows) against the image-by-image
-form, with the model replaced by a row that depends on its batch's whole makeup: any change
-in which images share a batch, which rows arrive or which files fail shows up."""
+"""The runner's whole-batch accounting (whole_batches.WholeBatchRows) against the
+image-by-image form, with the model replaced by a row that depends on its batch's whole
+makeup: any change in which images share a batch, which rows arrive or which files fail shows
+up."""
 import hashlib
 import logging
 import random
 
 import numpy as np
 
-from estimator_vgg import parts as P
+from estimator_vgg.accounting import Accountant, Part
+from estimator_vgg.input_wait import InputWait
+from estimator_vgg.whole_batches import REDONE_PARTS, WholeBatchRows
 
 
 class Pipeline:
@@ -17,9 +20,8 @@ class Pipeline:
     def __init__(self, batch: int, failing: set):
         self.batch, self.failing, self.default_runs = batch, failing, 0
 
-    def input_fn(self, cfg, paths, part_sizes=None, skip_bad=False, files=None,
-                 whole_batches=False, **_):
-        assert skip_bad and sum(part_sizes) == len(paths)
+    def input(self, paths, part_sizes, files=None, whole_batches=False):
+        assert sum(part_sizes) == len(paths)
         return whole_batches, list(paths), list(part_sizes)
 
     def predict(self, spec, hooks=()):
@@ -48,28 +50,42 @@ class Store:
                              [e[0] for e in errors]))
 
 
-def _run(sizes, pipeline, whole, monkeypatch):
-    monkeypatch.setattr(P, "input_fn", pipeline.input_fn)
+class Stream:
+    """What WholeBatchRows asks of stream.PartStream, over the fake pipeline."""
+
+    def __init__(self, pipeline, accountant):
+        self.input, self.predict = pipeline.input, pipeline.predict
+        self.accountant, self.wait = accountant, InputWait()
+
+    def first(self, batch):
+        pass
+
+    def on_batch(self, held=0):
+        pass
+
+    def hand_over(self, batches):
+        for batch in batches:
+            for k, row in zip(batch["path"], batch["fc7"]):
+                self.accountant.row(k.decode(), row)
+
+
+def _run(sizes, pipeline, whole):
     keys = [f"k{i:03d}" for i in range(sum(sizes))]
     bounds = np.cumsum([0, *sizes])
-    parts = [P.Part(n, keys[a:b]) for n, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    parts = [Part(n, keys[a:b]) for n, (a, b) in enumerate(zip(bounds, bounds[1:]))]
     store = Store()
-    accountant = P.Accountant(None, store, parts, {}, 0, 0, early_stop=False)
-    accountant._classify = lambda part, rel: ("decode_error", "failed")
+    accountant = Accountant(store, parts, {}, lambda rel, where: ("decode_error", "failed"))
     if whole:
-        P._whole_batch_rows(None, keys, None, list(sizes), [f"part-{n}" for n in range(len(sizes))],
-                            pipeline.predict, lambda batch: None, accountant,
-                            lambda held=0: None, P.InputWait())
+        WholeBatchRows(Stream(pipeline, accountant), keys, None, list(sizes),
+                       [f"part-{n}" for n in range(len(sizes))]).run()
     else:
-        for batch in pipeline.predict(pipeline.input_fn(None, keys, sizes, True)):
-            for k, row in zip(batch["path"], batch["fc7"]):
-                accountant.row(k.decode(), row)
+        Stream(pipeline, accountant).hand_over(pipeline.predict(pipeline.input(keys, sizes)))
     accountant.finish()
     return store.commits
 
 
-def test_whole_batches_commit_what_image_by_image_commits_whatever_fails(monkeypatch):
-    logging.getLogger("estimator_vgg.parts").setLevel(logging.WARNING)
+def test_whole_batches_commit_what_image_by_image_commits_whatever_fails(caplog):
+    caplog.set_level(logging.ERROR, logger="estimator_vgg")  # thousands of failed files
     rnd = random.Random(7)
     redone_somewhere = 0
     for _ in range(1500):
@@ -79,11 +95,11 @@ def test_whole_batches_commit_what_image_by_image_commits_whatever_fails(monkeyp
         rate = rnd.choice([0.0, 0.05, 0.3, 1.0])
         failing = {f"k{i:03d}" for i in range(sum(sizes)) if rnd.random() < rate}
         batch = rnd.choice([1, 2, 3, 4])
-        want = _run(sizes, Pipeline(batch, failing), False, monkeypatch)
+        want = _run(sizes, Pipeline(batch, failing), False)
         fast = Pipeline(batch, failing)
-        got = _run(sizes, fast, True, monkeypatch)
+        got = _run(sizes, fast, True)
         assert got == want, (sizes, batch, sorted(failing))
         # at most REDONE_PARTS parts again one by one, then one run for all the rest
-        assert fast.default_runs <= P.REDONE_PARTS + 1, (sizes, batch, sorted(failing))
+        assert fast.default_runs <= REDONE_PARTS + 1, (sizes, batch, sorted(failing))
         redone_somewhere += fast.default_runs > 0
     assert redone_somewhere > 300  # the cases did exercise the redo

@@ -156,7 +156,7 @@ def test_jpeg_dct_scaling_reaches_the_job_and_its_fingerprint(tmp_path):
     from conftest import make_config
     from estimator_vgg.runner import run
     from estimator_vgg.store import OutputError
-    from estimator_vgg.writer import read_features
+    from estimator_vgg.output import read_features
 
     images = tmp_path / "imgs"
     images.mkdir()

@@ -13,14 +13,15 @@ def test_a_shard_sees_its_gpus_renumbered_from_zero(tmp_path):
     cfg = make_config(tmp_path, devices={"gpus": [2, 5]}, run={"executor": "ray"})
     shard = shard_config(cfg)
     assert shard.devices.gpus == (0, 1)  # Ray's CUDA_VISIBLE_DEVICES holds the two it chose
-    assert task_resources(cfg) == {"num_cpus": 1.0, "num_gpus": 2}
+    assert task_resources(cfg.run.ray, cfg.devices) == {"num_cpus": 1.0, "num_gpus": 2}
     cpu = make_config(tmp_path, devices={"cpus": 2}, run={"ray": {"cpus_per_task": 2}})
-    assert shard_config(cpu) is cpu and task_resources(cpu) == {"num_cpus": 2.0, "num_gpus": 0}
+    assert shard_config(cpu) is cpu
+    assert task_resources(cpu.run.ray, cpu.devices) == {"num_cpus": 2.0, "num_gpus": 0}
 
 
 def test_without_ray_installed_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     from estimator_vgg.cluster import connect
-    from estimator_vgg.parts import JobError
+    from estimator_vgg.job import JobError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(JobError, match=r"pip install 'estimator-vgg\[ray\]'"):
@@ -32,7 +33,7 @@ def test_staged_parts_reach_the_output_only_when_the_driver_lists_them(tmp_path)
 
     from estimator_vgg.manifest import Fingerprint
     from estimator_vgg.store import Store, write_part
-    from estimator_vgg.writer import read_features
+    from estimator_vgg.output import read_features
 
     def store():
         s = Store(tmp_path / "out", "parquet")

@@ -250,10 +250,10 @@ def test_a_remote_tar_whose_headers_cannot_be_read_stops_before_any_work(tmp_pat
         cfg = make_config(tmp_path, input={"list": str(lst), "expand_tars": True,
                                            "retries": 1})
         with pytest.raises(ListingError, match="cannot read the headers of the tar") as e:
-            sources.build(cfg)
+            sources.build(cfg.input)
         assert "s3cr3t" not in str(e.value)
         srv.faults.clear()  # the server answers again: the members, and the missing tar's row
-        listing = sources.build(cfg)
+        listing = sources.build(cfg.input)
     assert [k.rsplit("/", 1)[-1] for k in listing.keys[:4]] == LOOSE
     assert listing.preset == {4: listing.preset[4]} and listing.preset[4][0] == "missing"
 

@@ -34,7 +34,7 @@ def _write_list(path, entries, column="path"):
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", ".jsonl", ".txt"])
 def test_every_list_format_gives_its_entries_in_order_with_repeats_marked(tmp_path, suffix):
     lst = _write_list(tmp_path / f"list{suffix}", ENTRIES)
-    listing = sources.build(make_config(tmp_path, input={"list": str(lst)}))
+    listing = sources.build(make_config(tmp_path, input={"list": str(lst)}).input)
     assert listing.kind == "list" and listing.keys == ENTRIES and listing.lines == ENTRIES
     assert listing.where[0].target == str(DEMO / "chelsea_cat.JPG")
     first, dup = ("row 1", "row 4") if suffix in (".csv", ".tsv", ".parquet") else \
@@ -48,22 +48,22 @@ def test_an_unusable_list_is_a_config_error_naming_the_file_and_what_it_holds(tm
     lst = _write_list(tmp_path / "l.csv", ENTRIES, column="file")
     with pytest.raises(ConfigError, match=r"l.csv has no column 'path' \(input.path_column\); "
                                           r"its columns: file, label"):
-        sources.build(make_config(tmp_path, input={"list": str(lst)}))
+        sources.build(make_config(tmp_path, input={"list": str(lst)}).input)
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(ConfigError, match="empty.txt names no image"):
-        sources.build(make_config(tmp_path, input={"list": str(tmp_path / "empty.txt")}))
+        sources.build(make_config(tmp_path, input={"list": str(tmp_path / "empty.txt")}).input)
     with pytest.raises(ConfigError, match="input.list: file .*nope.csv does not exist"):
         make_config(tmp_path, input={"list": str(tmp_path / "nope.csv")})
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(ConfigError, match="cannot read .*bad.parquet as parquet"):
-        sources.build(make_config(tmp_path, input={"list": str(tmp_path / "bad.parquet")}))
+        sources.build(make_config(tmp_path, input={"list": str(tmp_path / "bad.parquet")}).input)
     from estimator_vgg.config import load_config
     rel = _write_list(tmp_path / "rel.txt", [str(DEMO / "coffee_small.jpg"), "a/b.jpg"])
     cfg = load_config(None, input={"list": str(rel)}, output={"dir": str(tmp_path / "o")},
                       model={"weights": "synthetic"})
     with pytest.raises(ConfigError, match=r"line 2 \('a/b.jpg'\) is a relative path, and "
                                           r"input.dir is not set"):
-        sources.build(cfg)
+        sources.build(cfg.input)
 
 
 def test_a_resumed_list_redoes_exactly_the_lines_no_row_accounts_for():
@@ -81,16 +81,16 @@ def test_a_list_may_grow_by_appending_and_nothing_else(tmp_path):
     cfg = make_config(tmp_path, input={"list": str(lst)})
     out = tmp_path / "out"
     out.mkdir()
-    sources.check_appended(cfg, sources.build(cfg), out)
+    sources.check_appended(sources.build(cfg.input), out)
     _write_list(lst, ENTRIES)  # one line appended: fine
-    sources.check_appended(cfg, sources.build(cfg), out)
+    sources.check_appended(sources.build(cfg.input), out)
     _write_list(lst, [ENTRIES[0], "camera_gray.png", *ENTRIES[2:]])
     with pytest.raises(ConfigError, match=r"line 2 was 'space/astronaut.png' in the list "
                                           r"output.dir .* is now 'camera_gray.png'"):
-        sources.check_appended(cfg, sources.build(cfg), out)
+        sources.check_appended(sources.build(cfg.input), out)
     _write_list(lst, ENTRIES[:2])
     with pytest.raises(ConfigError, match="entry 3 was 'coffee_small.jpg' .* missing"):
-        sources.check_appended(cfg, sources.build(cfg), out)
+        sources.check_appended(sources.build(cfg.input), out)
 
 
 
@@ -106,7 +106,8 @@ def test_a_tar_shard_is_its_image_members_and_a_damaged_one_says_where(tmp_path)
         b_at = t.getmember("x/b.png").offset_data
     (d / "cut.tar").write_bytes(whole[:b_at + 100])  # cut inside b.png's data
     (d / "loose.jpg").write_bytes(jpg)
-    listing = sources.build(make_config(tmp_path, input={"dir": str(d), "expand_tars": True}))
+    cfg = make_config(tmp_path, input={"dir": str(d), "expand_tars": True})
+    listing = sources.build(cfg.input)
     assert listing.keys == ["cut.tar/x/a.jpg", "cut.tar/", "loose.jpg", "shard.tar/x/a.jpg",
                             "shard.tar/x/b.png"]
     assert listing.preset[1][0] == "bad_archive" and "truncated" in listing.preset[1][1]
@@ -114,7 +115,7 @@ def test_a_tar_shard_is_its_image_members_and_a_damaged_one_says_where(tmp_path)
     data = (d / "shard.tar").read_bytes()[member.offset:member.offset + member.size]
     assert data == jpg and listing.tars == 2
     # without expand_tars a tar is not an image: not listed
-    assert sources.build(make_config(tmp_path, input={"dir": str(d)})).keys == ["loose.jpg"]
+    assert sources.build(make_config(tmp_path, input={"dir": str(d)}).input).keys == ["loose.jpg"]
 
 
 def test_a_tar_that_reads_otherwise_on_a_rerun_keeps_its_earlier_rows(tmp_path, caplog):
@@ -126,10 +127,10 @@ def test_a_tar_that_reads_otherwise_on_a_rerun_keeps_its_earlier_rows(tmp_path, 
     (d / "loose.jpg").write_bytes(jpg)
     lst = _write_list(tmp_path / "l.txt", ["shard.tar", "loose.jpg"])
     cfg = make_config(tmp_path, input={"dir": str(d), "list": str(lst), "expand_tars": True})
-    gone = sources.build(cfg)  # no tar yet: one row `missing` for its line
+    gone = sources.build(cfg.input)  # no tar yet: one row `missing` for its line
     assert gone.keys == ["shard.tar", "loose.jpg"] and gone.preset[0][0] == "missing"
     (d / "shard.tar").write_bytes(make_tar([("a.jpg", jpg), ("b.jpg", jpg)]))
-    there = sources.build(cfg)
+    there = sources.build(cfg.input)
     assert there.keys == ["shard.tar/a.jpg", "shard.tar/b.jpg", "loose.jpg"]
     # the first run committed the `missing` row: the tar that appeared adds nothing
     assert sources.todo(there, Counter({"shard.tar": 1, "loose.jpg": 1}), Counter()) == []
@@ -193,7 +194,7 @@ def test_a_uri_without_the_remote_extra_stops_before_any_work_saying_how_to_inst
     # a scheme nothing handles, even with the extra, is a row of its own; its repeat (after a
     # blank line, which is no entry) is a repeat like any other
     lst.write_text("nosuch://x/a.jpg\n\nnosuch://x/a.jpg\n")
-    listing = sources.build(make_config(tmp_path, input={"list": str(lst)}))
+    listing = sources.build(make_config(tmp_path, input={"list": str(lst)}).input)
     assert listing.preset[0][0] == "unsupported_uri"
     assert listing.preset[1] == ("duplicate_entry", "line 3 repeats line 1; the entry was "
                                  "processed once")

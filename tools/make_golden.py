@@ -27,7 +27,7 @@ TOLERANCE = 1e-4
 
 
 def main() -> None:
-    from estimator_vgg.writer import read_features
+    from estimator_vgg.output import read_features
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "estimator_vgg", CONFIG, f"output.dir={tmp}/out"]

@@ -1,0 +1,220 @@
+"""What `estimator-vgg index` keeps under <output.dir>/index/, read and checked, for the
+builder (index.py) and the searcher (index_search.py).
+
+<output.dir>/index/
+  index.json          what the index covers: parts and rows, the output's fingerprint and
+                      output_id, the kind, PCA, nprobe (written last: the index is what it says)
+  vectors.faiss       the faiss index over the codes (ids: row numbers, in the covered parts'
+                      order)
+  pca.npz             the PCA (with --pca): mean, components, their scale
+  codes.f32           the codes as float32 [rows, DIMS] (with --pca): queries by path,
+                      re-scoring of ivfpq candidates, the duplicate search's queries
+  offsets.i64         int64 per row: where its 4096 floats start in its part's file (-1 when
+                      the part is not in the fast layout of parquet_layout.py), to re-score
+                      candidates on the full fc7 by reading just those rows
+  paths.parquet       the path of each row
+  duplicates.parquet  pairs written by `neighbors --duplicates` (path_a, path_b, score)
+
+What is indexed: each fc7 row scaled to unit length (so inner product is cosine similarity),
+then, with --pca DIMS, projected on the first DIMS principal components (learnt on a sample;
+--whiten divides each by its standard deviation) and scaled to unit length again (Codes).
+Light at import (faiss is imported by import_faiss).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from estimator_vgg.manifest import Fingerprint, Manifest
+from estimator_vgg.recipe import FC7_DIM
+from estimator_vgg.search import DUPLICATES, INDEX_DIR, SearchError, unit
+from estimator_vgg.writer import commit_file
+
+RECORD = "index.json"
+VECTORS = "vectors.faiss"
+TRANSFORM = "pca.npz"
+CODES = "codes.f32"
+OFFSETS = "offsets.i64"
+PATHS = "paths.parquet"
+RECORD_VERSION = 1
+FILES = (VECTORS, TRANSFORM, CODES, OFFSETS, PATHS, RECORD, DUPLICATES)
+
+INSTALL_HINT = ("faiss is not installed: the index needs the search extra. Install it with "
+                "`ESTIMATOR_VGG_SEARCH=1 ./run.sh neighbors --help` (run.sh's venv) or `pip "
+                "install -c constraints-py311.txt -e '.[search]'`")
+
+
+def import_faiss():
+    # faiss' loader logs at INFO which of its builds it tried (AVX512, AVX2, generic)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        import faiss
+    except ImportError:
+        raise SearchError(INSTALL_HINT) from None
+    return faiss
+
+
+def index_dir(out_dir) -> Path:
+    return Path(out_dir) / INDEX_DIR
+
+
+def has_index(out_dir) -> bool:
+    return (index_dir(out_dir) / RECORD).is_file()
+
+
+def load_paths(d: Path) -> List[str]:
+    import pyarrow.parquet as pq
+    f = d / PATHS
+    return pq.read_table(f).column("path").to_pylist() if f.is_file() else []
+
+
+@dataclass
+class Record:
+    """index.json."""
+    output_id: str
+    fingerprint: dict
+    parts: List[Tuple[int, int]]   # (part index, feature rows) covered, in row order
+    kind: str
+    pca: Optional[int]
+    whiten: bool
+    dims: int
+    nprobe: int
+    reason: str
+    faiss_version: str
+    built: str
+    updated: str
+    version: int = RECORD_VERSION
+
+    @property
+    def rows(self) -> int:
+        return sum(n for _, n in self.parts)
+
+    @property
+    def keeps_fc7(self) -> bool:
+        """Scores are cosines of the full fc7 (not of reduced or compressed codes)."""
+        return self.pca is None and self.kind != "ivfpq"
+
+    def scores_are(self, rescored: bool = False) -> str:
+        if self.keeps_fc7:
+            return "cosine similarity of fc7"
+        if rescored:
+            codes = f"{self.pca}-d PCA codes" if self.pca else "ivfpq codes"
+            return (f"cosine similarity of fc7 (candidates from the {codes}, re-scored on the "
+                    f"full fc7 read from the parts)")
+        if self.pca is not None:
+            return (f"cosine similarity of {self.pca}-d PCA codes{' (whitened)' if self.whiten else ''}, "
+                    f"not of the full fc7")
+        return "cosine similarity estimated from ivfpq's compressed codes, not exact fc7"
+
+    def describe(self) -> str:
+        codes = f"{self.dims}-d PCA codes" if self.pca else "4096-d fc7"
+        return f"{self.kind} index over {codes} of {self.rows} rows"
+
+    def to_json(self) -> bytes:
+        d = dict(self.__dict__)
+        d["parts"] = [{"index": i, "features": n} for i, n in self.parts]
+        return json.dumps(d, indent=2).encode()
+
+    @classmethod
+    def read(cls, d: Path) -> Optional["Record"]:
+        f = d / RECORD
+        if not f.is_file():
+            return None
+        try:
+            raw = json.loads(f.read_text())
+            raw["parts"] = [(int(p["index"]), int(p["features"])) for p in raw["parts"]]
+            return cls(**raw)
+        except (ValueError, KeyError, TypeError) as e:
+            raise SearchError(f"{f} is unreadable ({type(e).__name__}: {e}); delete "
+                              f"{d} and run `estimator-vgg index` again") from None
+
+
+def check_belongs(record: Record, manifest: Manifest, out_dir: Path) -> List[int]:
+    """Refuse an index that is not of this output as it is now; the part indexes it lacks."""
+    d = index_dir(out_dir)
+    if record.output_id != manifest.output_id:
+        raise SearchError(f"{d} was built from another output (output_id "
+                          f"{record.output_id[:8]}, the output's is "
+                          f"{(manifest.output_id or 'none')[:8]}): the output was rebuilt or "
+                          f"the folder copied over. Run `estimator-vgg index {out_dir} "
+                          f"--rebuild`")
+    diff = Fingerprint.from_dict(record.fingerprint).differences(manifest.fingerprint)
+    if diff:
+        raise SearchError(f"{d} was built from features made with other weights or "
+                          f"preprocessing ({'; '.join(diff)}): its scores would not be "
+                          f"comparable. Run `estimator-vgg index {out_dir} --rebuild`")
+    have = {p.index: p.features for p in manifest.parts}
+    for i, n in record.parts:
+        if have.get(i) != n:
+            raise SearchError(f"{d} covers part {i} with {n} rows, which {out_dir}'s "
+                              f"manifest does not list so: run `estimator-vgg index "
+                              f"{out_dir} --rebuild`")
+    covered = {i for i, _ in record.parts}
+    return [p.index for p in manifest.parts if p.index not in covered and p.features]
+
+
+class Pca:
+    """x -> (x - mean) @ components.T * scale: the first principal components, whitened
+    (scale = 1 / standard deviation) or not (scale = 1). Learnt from the sample's Gram matrix
+    (one sgemm) and a symmetric eigendecomposition."""
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray, scale: np.ndarray):
+        self.mean = mean.astype(np.float32)
+        self.components = np.ascontiguousarray(components, np.float32)
+        self.scale = scale.astype(np.float32)
+        self._proj = np.ascontiguousarray((self.components * self.scale[:, None]).T)
+        self._offset = self.mean @ self._proj
+
+    @classmethod
+    def learn(cls, x: np.ndarray, dims: int, whiten: bool) -> "Pca":
+        n = len(x)
+        if n < 2:
+            raise SearchError(f"--pca needs at least 2 rows to learn from, the sample has {n}")
+        mean = x.mean(axis=0, dtype=np.float64)
+        gram = (x.T @ x).astype(np.float64) / n
+        cov = gram - np.outer(mean, mean)
+        values, vectors = np.linalg.eigh(cov)          # ascending
+        order = np.argsort(values)[::-1][:dims]
+        values = np.maximum(values[order], 1e-12)
+        scale = 1 / np.sqrt(values) if whiten else np.ones(dims)
+        return cls(mean, vectors[:, order].T, scale)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return x @ self._proj - self._offset
+
+    def save(self, f: Path) -> None:
+        commit_file(Path(f), lambda fh: np.savez(fh, mean=self.mean, components=self.components,
+                                                 scale=self.scale))
+
+    @classmethod
+    def load(cls, f: Path) -> "Pca":
+        with np.load(f) as z:
+            return cls(z["mean"], z["components"], z["scale"])
+
+
+class Codes:
+    """unit fc7 -> codes (the PCA and the second normalisation, when there is a PCA)."""
+
+    def __init__(self, transform=None):
+        self.transform = transform
+
+    def __call__(self, fc7: np.ndarray) -> np.ndarray:
+        x = unit(fc7)
+        if self.transform is None:
+            return np.ascontiguousarray(x)
+        return np.ascontiguousarray(unit(self.transform.apply(x)))
+
+
+def set_nprobe(faiss, idx, nprobe: int) -> None:
+    """Lists scanned per query (ivf, ivfpq); hnsw: efSearch from it."""
+    if hasattr(idx, "nprobe"):
+        idx.nprobe = nprobe
+    if hasattr(idx, "hnsw"):
+        idx.hnsw.efSearch = max(64, nprobe * 4)
+    if isinstance(idx, faiss.IndexIVF):
+        idx.parallel_mode = 0
