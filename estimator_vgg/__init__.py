@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 LIGHT_MODULES = ("accounting", "budget", "config", "devices", "downloads", "exact", "faults",
                  "index", "index_files", "index_search", "input_wait", "job", "listing",
                  "manifest", "output", "page", "parquet_layout", "plan", "probe", "progress",
-                 "query", "reader", "recipe", "remote", "search", "sections", "sources",
-                 "store", "whole_batches", "writer")
+                 "query", "reader", "recipe", "remote", "search", "searcher", "sections",
+                 "sources", "store", "whole_batches", "writer")
 
 _LAZY = {
     "load_config": "estimator_vgg.config",

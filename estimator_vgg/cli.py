@@ -221,7 +221,7 @@ def neighbors_main(argv: List[str]) -> int:
         parser.error("--pairs goes with --duplicates")
     _setup_logging(args.verbose)
     from estimator_vgg.manifest import OutputError
-    from estimator_vgg.search import SearchError
+    from estimator_vgg.searcher import SearchError
     try:
         _neighbors(args)
     except (SearchError, OutputError, FileNotFoundError, ValueError) as e:  # ValueError: a
@@ -235,7 +235,8 @@ def _neighbors(args) -> None:
     from pathlib import Path
 
     from estimator_vgg.query import image_source
-    from estimator_vgg.search import describe_output, groups_of, open_searcher, write_pairs
+    from estimator_vgg.search import describe_output, nearest_to, open_searcher
+    from estimator_vgg.searcher import groups_of, write_pairs
 
     out = Path(args.output)
     searcher = open_searcher(out, exact=args.exact, say=lambda line: print(
@@ -261,7 +262,7 @@ def _neighbors(args) -> None:
     else:
         if searcher.row_of(args.query) is None:  # an image file: embedded with TensorFlow
             _quiet_tensorflow(args.verbose)
-        matches = searcher.query(args.query, args.k)
+        matches = nearest_to(searcher, args.query, args.k)
         print(f"{len(matches)} nearest to {args.query} ({searcher.how()})")
         for rank, m in enumerate(matches, 1):
             print(f"{rank:>4}  {m.score:.4f}  {m.path}")
@@ -306,7 +307,7 @@ def index_main(argv: List[str]) -> int:
 
     from estimator_vgg.index import build_index
     from estimator_vgg.manifest import ManifestError, OutputError
-    from estimator_vgg.search import SearchError
+    from estimator_vgg.searcher import SearchError
     say = lambda line: print(f"estimator-vgg index: {line}", flush=True)  # noqa: E731
     try:
         r = build_index(Path(args.output), kind=args.kind, pca=args.pca, whiten=args.whiten,

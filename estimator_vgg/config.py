@@ -335,7 +335,7 @@ def _build_section(cls: Any, name: str, tree: dict, bases: dict) -> Any:
 
 
 def reference_markdown() -> str:
-    """The README's config reference table, generated from the field docs."""
+    """The configuration reference table of docs/configuration.md, from the field docs."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for sec, cls in _SECTIONS.items():
         for key, f, tp in _leaves(cls, sec + "."):

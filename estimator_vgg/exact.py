@@ -17,7 +17,7 @@ import numpy as np
 from estimator_vgg.output import Output
 from estimator_vgg.parquet_layout import RowReader, row_offsets
 from estimator_vgg.recipe import FC7_DIM
-from estimator_vgg.search import Match, Searcher, SearchError, unit
+from estimator_vgg.searcher import Match, Searcher, SearchError, unit
 
 
 class ExactSearcher(Searcher):

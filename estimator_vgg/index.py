@@ -29,7 +29,7 @@ from estimator_vgg.index_search import load_index  # noqa: F401  (estimator_vgg.
 from estimator_vgg.output import Output
 from estimator_vgg.parquet_layout import row_offsets
 from estimator_vgg.recipe import FC7_DIM
-from estimator_vgg.search import SearchError, manifest_of, unit
+from estimator_vgg.searcher import SearchError, manifest_of, unit
 from estimator_vgg.writer import commit_file
 
 KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")

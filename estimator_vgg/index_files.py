@@ -32,7 +32,7 @@ import numpy as np
 
 from estimator_vgg.manifest import Fingerprint, Manifest
 from estimator_vgg.recipe import FC7_DIM
-from estimator_vgg.search import DUPLICATES, INDEX_DIR, SearchError, unit
+from estimator_vgg.searcher import DUPLICATES, INDEX_DIR, SearchError, unit
 from estimator_vgg.writer import commit_file
 
 RECORD = "index.json"

@@ -22,8 +22,9 @@ from estimator_vgg.index_files import (CODES, OFFSETS, RECORD, TRANSFORM, VECTOR
                                        load_paths, set_nprobe)
 from estimator_vgg.output import Output
 from estimator_vgg.parquet_layout import RowReader
+from estimator_vgg.query import embed_file
 from estimator_vgg.recipe import FC7_DIM
-from estimator_vgg.search import Match, Searcher, SearchError, manifest_of, unit
+from estimator_vgg.searcher import Match, Searcher, SearchError, manifest_of, unit
 
 CANDIDATES = 10             # re-scoring: k * CANDIDATES candidates from the codes (at least 100)
 DUP_MARGIN = 0.02           # re-scoring duplicates: candidates at threshold - margin on codes
@@ -193,7 +194,6 @@ class SearchIndex(Searcher):
 
     def search_files(self, files: Sequence, k: int = 10) -> List[List[Match]]:
         """For each image file, embedded with the output's weights, its k nearest rows."""
-        from estimator_vgg.query import embed_file
         return self.search(np.stack([embed_file(self.out_dir, Path(f)) for f in files]), k)
 
     # -- duplicates

@@ -9,13 +9,7 @@ commits each one to `job.store` and returns what it did (Done). Light at import.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Tuple
-
-if TYPE_CHECKING:
-    from estimator_vgg.accounting import Part
-    from estimator_vgg.budget import ErrorBudget
-    from estimator_vgg.config import Config
-    from estimator_vgg.weights import Located, PreparedWeights
+from typing import Dict, List, Tuple
 
 ErrorRow = Tuple[str, str, str]   # (path, reason, message): a row of the errors table
 
@@ -36,16 +30,18 @@ class Done:
 @dataclass
 class Job:
     """Everything an executor needs for one run."""
-    cfg: "Config"
-    located: "Located"          # the weights, identified; converted only when an entry is read
+    cfg: object                 # the config.Config
+    located: object             # the weights identified (weights.Located); converted only
+    #                             when an entry is read
     store: object               # the output: commit(index, paths, fc7, errors) (store.Store)
-    parts: List["Part"]         # the parts still to do, in index order
+    parts: List[object]         # the accounting.Parts still to do, in index order
     blocked: Dict[str, Tuple[str, str]]  # local files never to open, with their error row
     progress: object            # start(total), update(done, errors, shards=""), close()
-    budget: "ErrorBudget"       # input.max_error_fraction over this run and the earlier ones
+    budget: object              # the budget.ErrorBudget: input.max_error_fraction over this
+    #                             run and the earlier ones
     start: float                # time.time() when the command started
 
-    def prepare_weights(self) -> "PreparedWeights":
+    def prepare_weights(self):
         """The converted checkpoint (converted now on first use of these weights)."""
         from estimator_vgg import weights
         return weights.prepare(self.cfg.model, self.located)

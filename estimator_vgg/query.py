@@ -15,7 +15,7 @@ from typing import Union
 
 import numpy as np
 
-from estimator_vgg.search import SearchError, manifest_of
+from estimator_vgg.searcher import SearchError, manifest_of
 
 log = logging.getLogger(__name__)
 

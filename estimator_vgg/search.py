@@ -1,118 +1,24 @@
-"""Search over an output, one interface: exact search (exact.py) or an index (index_search.py),
-chosen in one place.
+"""Search over an output, chosen in one place: its index (index_search.py) when it has one,
+else exact search (exact.py); both are searcher.Searcher.
 
     searcher = open_searcher("out/big")            # the index when there is one, else exact
-    searcher.describe()                            # what is searched and what the scores are
-    matches = searcher.query("a/b.jpg", k=10)      # a path of the output, or an image file
+    searcher.how()                                 # what is searched and what the scores are
+    matches = nearest_to(searcher, "a/b.jpg", k=10)  # a path of the output, or an image file
     a, b, s = searcher.duplicate_pairs(0.98)       # row ids; searcher.path_of(row)
 
-Every search returns, per query, a list of Match(path, score), best first (ties by path).
 A query by a path of the output reads that path's column and its one row: no TensorFlow, no
-other row's vector. Light at import.
+other row's vector (through an index; exact search reads every row). Light at import.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List
 
-import numpy as np
-
-from estimator_vgg.manifest import Manifest, ManifestError, read_manifest
-
-INDEX_DIR = "index"               # <output.dir>/index/: what `estimator-vgg index` writes
-DUPLICATES = "duplicates.parquet"  # the pairs neighbors --duplicates writes by default
-
-
-class SearchError(ValueError):
-    """The query or the output cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class Match:
-    path: str      # as in the features table (relative to input.dir)
-    score: float   # cosine similarity to the query, -1..1
-
-
-def unit(m: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (so inner products are cosines); an all-zero row stays zero
-    and scores 0 against anything."""
-    m = np.asarray(m, np.float32)
-    norms = np.linalg.norm(m, axis=-1, keepdims=True)
-    return m / np.maximum(norms, np.float32(1e-12))
-
-
-def manifest_of(out_dir: Path) -> Manifest:
-    """The output's manifest, or SearchError saying what the folder is not."""
-    if not Path(out_dir).is_dir():
-        raise SearchError(f"{out_dir} does not exist: give the output.dir of a job")
-    try:
-        manifest = read_manifest(out_dir)
-    except ManifestError as e:
-        raise SearchError(str(e)) from None
-    if manifest is None:
-        raise SearchError(f"{out_dir} has no manifest.json: not an estimator-vgg output folder")
-    return manifest
-
-
-def not_a_query(out_dir, query: str) -> str:
-    return (f"{query!r} is neither a path in {out_dir}'s features (relative to input.dir, as "
-            f"in the `path` column) nor an image file")
-
-
-class Searcher:
-    """What both searchers offer. Subclasses give rows (row_of, path_of) and searches by
-    vectors and paths; query() and describe() are shared."""
-    out_dir: Path
-    scores_are: str
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def how(self) -> str:
-        """What the scores are and what was searched, for the command's first line."""
-        return self.describe()
-
-    def row_of(self, path: str) -> Optional[int]:
-        """The row of an output path, or None (the path column only is read)."""
-        raise NotImplementedError
-
-    def path_of(self, row: int) -> str:
-        raise NotImplementedError
-
-    def search(self, vectors: np.ndarray, k: int = 10) -> List[List[Match]]:
-        """For each fc7 row of `vectors` (one row or [n, 4096]), its k nearest rows."""
-        raise NotImplementedError
-
-    def search_paths(self, paths: Sequence[str], k: int = 10) -> List[List[Match]]:
-        """For each path of the output, its k nearest other rows (the row itself left out)."""
-        raise NotImplementedError
-
-    def duplicate_pairs(self, threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(a, b, score): every pair of rows a < b scoring at least `threshold` (row ids as
-        path_of takes them)."""
-        raise NotImplementedError
-
-    def query(self, query: str, k: int = 10) -> List[Match]:
-        """The k nearest rows to `query`: a path of the output (its row left out), or an image
-        file, embedded with the weights and preprocessing the output was made with."""
-        if self.row_of(query) is not None:
-            return self.search_paths([query], k)[0]
-        if os.path.isfile(query):
-            from estimator_vgg.query import embed_file
-            return self.search(embed_file(self.out_dir, Path(query)), k)[0]
-        raise SearchError(not_a_query(self.out_dir, query))
-
-    def duplicates(self, threshold: float) -> List[List[Match]]:
-        """Groups linked by score >= threshold (single linkage), largest first."""
-        return groups_of(*self.duplicate_pairs(threshold), self.path_of)
-
-    @property
-    def pairs_file(self) -> Path:
-        """Where --duplicates writes its pairs unless told: beside the index, if any."""
-        d = Path(self.out_dir) / INDEX_DIR
-        return (d if d.is_dir() else Path(self.out_dir)) / DUPLICATES
+from estimator_vgg import index_files
+from estimator_vgg.exact import ExactSearcher
+from estimator_vgg.index_search import load_index
+from estimator_vgg.searcher import Match, Searcher, SearchError, manifest_of, not_a_query
 
 
 def open_searcher(out_dir, exact: bool = False,
@@ -120,8 +26,6 @@ def open_searcher(out_dir, exact: bool = False,
     """The searcher of an output: its index when it has one (and exact is False), else exact
     search. say(line) hears what the user should know: an index that cannot be used (faiss
     missing) or that is stale. SearchError when the output has no feature rows."""
-    from estimator_vgg.exact import ExactSearcher
-
     out_dir = Path(out_dir)
     manifest = manifest_of(out_dir)
     if not any(p.features for p in manifest.parts):
@@ -129,9 +33,7 @@ def open_searcher(out_dir, exact: bool = False,
                           f"committed, none with features): run the job first, or look in "
                           f"its errors table")
     if not exact:
-        from estimator_vgg import index_files
         if index_files.has_index(out_dir):
-            from estimator_vgg.index_search import load_index
             try:
                 searcher = load_index(out_dir, manifest=manifest)
             except SearchError as e:
@@ -147,52 +49,18 @@ def open_searcher(out_dir, exact: bool = False,
     return ExactSearcher(out_dir, manifest)
 
 
+def nearest_to(searcher: Searcher, query: str, k: int = 10) -> List[Match]:
+    """The k nearest rows to `query`: a path of the output (its row left out), or an image
+    file, embedded with the weights and preprocessing the output was made with."""
+    if searcher.row_of(query) is not None:
+        return searcher.search_paths([query], k)[0]
+    if os.path.isfile(query):
+        from estimator_vgg.query import embed_file
+        return searcher.search(embed_file(searcher.out_dir, Path(query)), k)[0]
+    raise SearchError(not_a_query(searcher.out_dir, query))
+
+
 def describe_output(out_dir) -> str:
     """The output's name for a page, with a warning when its weights were synthetic."""
     synthetic = manifest_of(out_dir).fingerprint.synthetic_weights
     return f"{out_dir}" + (" (synthetic weights: not ImageNet features)" if synthetic else "")
-
-
-def groups_of(a: np.ndarray, b: np.ndarray, s: np.ndarray,
-              path_of: Callable[[int], str]) -> List[List[Match]]:
-    """Single-linkage groups of pairs (a, b, score), largest first; each member's score is its
-    best similarity to another member of its group."""
-    parent: Dict[int, int] = {}
-    best: Dict[int, float] = {}
-
-    def find(i):
-        parent.setdefault(i, i)
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j, sc in zip(np.asarray(a).tolist(), np.asarray(b).tolist(), np.asarray(s).tolist()):
-        best[i] = max(best.get(i, -1.0), sc)
-        best[j] = max(best.get(j, -1.0), sc)
-        parent[find(i)] = find(j)
-    groups: Dict[int, List[int]] = {}
-    for i in best:
-        groups.setdefault(find(i), []).append(i)
-    out = [sorted((Match(path_of(i), best[i]) for i in members), key=lambda m: m.path)
-           for members in groups.values()]
-    return sorted(out, key=lambda g: (-len(g), g[0].path))
-
-
-def write_pairs(file: Path, a, b, s, path_of: Callable[[int], str]) -> None:
-    """The pairs as Parquet: path_a, path_b (path_a < path_b), score; best first."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from estimator_vgg.writer import commit_file
-
-    pa_, pb_ = [path_of(int(i)) for i in a], [path_of(int(j)) for j in b]
-    swap = [x > y for x, y in zip(pa_, pb_)]
-    pa_, pb_ = ([y if w else x for x, y, w in zip(pa_, pb_, swap)],
-                [x if w else y for x, y, w in zip(pa_, pb_, swap)])
-    order = sorted(range(len(s)), key=lambda i: (-float(s[i]), pa_[i], pb_[i]))
-    table = pa.table({"path_a": pa.array([pa_[i] for i in order], pa.string()),
-                      "path_b": pa.array([pb_[i] for i in order], pa.string()),
-                      "score": pa.array(np.asarray(s, np.float32)[order], pa.float32())})
-    Path(file).parent.mkdir(parents=True, exist_ok=True)
-    commit_file(Path(file), lambda f: pq.write_table(table, f))

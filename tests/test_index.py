@@ -355,7 +355,7 @@ def test_auto_picks_the_kind_from_rows_and_memory_and_says_why():
 
 
 def test_the_duplicates_page_is_bounded_and_counts_what_it_left_out(tmp_path):
-    from estimator_vgg.search import Match
+    from estimator_vgg.searcher import Match
     from estimator_vgg.page import duplicates_page
 
     groups = [[Match(f"g{g}/{i}.jpg", 0.99) for i in range(3 if g else 20)] for g in range(5)]
