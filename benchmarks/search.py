@@ -15,6 +15,11 @@ runs it (a subprocess, so its peak memory is its own):
             1,000 sampled rows (each query's own row left out of both)
   dups      `estimator-vgg neighbors OUT --duplicates 0.98`: seconds, peak RSS, pairs found,
             share of the planted near-duplicate pairs among them
+  path      `estimator-vgg neighbors OUT img/<row>.jpg -k 3` (a query by a path of the
+            output, through the index): seconds and peak RSS of the whole command, median of
+            --path-reps runs over different rows, beside the time to read the index's path
+            column alone; also on the earlier releases' copy of the first --read-rows rows,
+            indexed the same way
 The last line sums up every N.
 
 The synthetic fc7: rows fall in clusters (about 200 rows each) of a 32-d latent space, lifted
@@ -215,6 +220,21 @@ def gather_rows(out: Path, rows: np.ndarray) -> np.ndarray:
     return got[order]
 
 
+def path_queries(out: Path, rows: int, args, key: str) -> dict:
+    """A query by path from the command line, --path-reps times over rows spread over the
+    output: median seconds and peak MB; and reading the index's path column alone."""
+    import pyarrow.parquet as pq
+
+    exe = [sys.executable, "-m", "estimator_vgg", "neighbors", out]
+    runs = [run_measured([*exe, f"img/{r:08d}.jpg", "-k", "3"])
+            for r in np.linspace(0, rows - 1, args.path_reps).astype(int)]
+    t = time.time()
+    pq.read_table(out / "index" / "paths.parquet").column("path").to_pylist()
+    return {f"{key}_s": float(np.median([s for s, _, _ in runs])),
+            f"{key}_mb": float(max(mb for _, mb, _ in runs)),
+            f"{key}_column_s": time.time() - t}
+
+
 def bench(rows: int, base: Path, args) -> dict:
     out = base / f"search-{rows}"
     res = {"rows": rows}
@@ -238,7 +258,6 @@ def bench(rows: int, base: Path, args) -> dict:
     res["read_rows"] = nread
     res["disk_ratio"] = new_disk / old_disk
     shutil.rmtree(new_view)
-    shutil.rmtree(old_view)
     print(f"[{rows}] read_features of {nread} rows: {res['read_new_s']:.2f} s (this layout), "
           f"{res['read_old_s']:.2f} s (earlier releases' layout): "
           f"{res['read_old_s'] / res['read_new_s']:.1f}x; disk {res['disk_ratio']:.2f}x",
@@ -250,6 +269,14 @@ def bench(rows: int, base: Path, args) -> dict:
     res["kind"] = next((line for line in text.splitlines() if " built " in line), "").strip()
     print(text.strip(), flush=True)
     print(f"[{rows}] index build: {s:.1f} s, peak {mb:.0f} MB", flush=True)
+    res.update(path_queries(out, rows, args, "path"))
+    run_measured([*exe, "index", old_view, *args.index_args.split()])
+    res.update(path_queries(old_view, nread, args, "path_old"))
+    print(f"[{rows}] query by path: {res['path_s']:.2f} s, peak {res['path_mb']:.0f} MB "
+          f"(path column alone {res['path_column_s']:.2f} s); on the earlier layout "
+          f"({nread} rows): {res['path_old_s']:.2f} s, peak {res['path_old_mb']:.0f} MB",
+          flush=True)
+    shutil.rmtree(old_view)
 
     from estimator_vgg.index import load_index
     t = time.time()
@@ -313,6 +340,8 @@ def main() -> None:
     ap.add_argument("--threshold", default="0.98")
     ap.add_argument("--index-args", default="--pca 256",
                     help="arguments of `estimator-vgg index` (default: --pca 256)")
+    ap.add_argument("--path-reps", type=int, default=5,
+                    help="queries by path from the command line (default 5)")
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
     args = ap.parse_args()
     print(f"machine: {cpu()}; Python {platform.python_version()}", flush=True)
@@ -329,6 +358,13 @@ def main() -> None:
               f"{r['query_ms_median']:.2f}/{r['query_ms_p95']:.2f} | {r['recall10']:.4f} | "
               f"{r['dups_s']:.1f} | {r['planted_found']:.4f} | "
               f"{r['read_new_s']:.2f}/{r['read_old_s']:.2f} ({r['read_rows']} rows) |")
+    print("\n| rows | query by path s | peak MB | path column s | earlier layout: rows, s, "
+          "peak MB |")
+    print("| ---: | ---: | ---: | ---: | --- |")
+    for r in results:
+        print(f"| {r['rows']} | {r['path_s']:.2f} | {r['path_mb']:.0f} | "
+              f"{r['path_column_s']:.2f} | {r['read_rows']}, {r['path_old_s']:.2f}, "
+              f"{r['path_old_mb']:.0f} |")
     print("summary: " + "; ".join(
         f"{r['rows']} rows: build {r['build_s']:.0f} s peak {r['build_mb']:.0f} MB, query "
         f"{r['query_ms_median']:.1f} ms, recall@10 {r['recall10']:.3f}, duplicates "
