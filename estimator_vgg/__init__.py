@@ -13,11 +13,18 @@ heavy ones import (recipe.py: the preprocessing recipe and fc7's width; faults.p
 hook; devices.py: device names, importing TensorFlow only inside the functions that ask it),
 never as a copy. A test imports each light module alone and checks that TensorFlow stayed out.
 The names below are imported only when first used, for the same reason.
+
+Importing the package quiets TensorFlow's start-up and deprecation chatter before TensorFlow is
+first imported, unless ESTIMATOR_VGG_VERBOSE=1 (what the CLI's -v sets): quiet.py says how.
 """
 __version__ = "0.1.0"
 
+from estimator_vgg import quiet as _quiet
+
+_quiet.quiet_tensorflow()
+
 LIGHT_MODULES = ("config", "devices", "downloads", "faults", "listing", "manifest", "plan",
-                 "progress", "reader", "recipe", "remote", "sources", "store", "writer")
+                 "progress", "quiet", "reader", "recipe", "remote", "sources", "store", "writer")
 
 _LAZY = {
     "load_config": "estimator_vgg.config",

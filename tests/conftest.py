@@ -19,8 +19,12 @@ SUBPROCESS_TIMEOUT = 180  # seconds; a hung child fails its test instead of bloc
 
 def run_py(*args, **kw):
     """A Python subprocess in this interpreter, with TensorFlow's start-up noise muted, killed
-    after `timeout` seconds (default SUBPROCESS_TIMEOUT)."""
+    after `timeout` seconds (default SUBPROCESS_TIMEOUT). user_env=True: as from a user's
+    shell instead, without any TF_* variable (what tests/test_quiet.py checks)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    if kw.pop("user_env", False):
+        env = {k: v for k, v in env.items()
+               if not k.startswith("TF_") and k != "ESTIMATOR_VGG_VERBOSE"}
     env.update(kw.pop("env", {}))
     kw.setdefault("timeout", SUBPROCESS_TIMEOUT)
     return subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True,
