@@ -23,8 +23,9 @@ from estimator_vgg import quiet as _quiet
 
 _quiet.quiet_tensorflow()
 
-LIGHT_MODULES = ("config", "devices", "downloads", "faults", "listing", "manifest", "plan",
-                 "progress", "quiet", "reader", "recipe", "remote", "sources", "store", "writer")
+LIGHT_MODULES = ("compare", "config", "devices", "downloads", "faults", "listing", "manifest",
+                 "plan", "progress", "quiet", "reader", "recipe", "remote", "sources", "store",
+                 "testing", "writer")
 
 _LAZY = {
     "load_config": "estimator_vgg.config",

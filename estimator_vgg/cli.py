@@ -4,6 +4,7 @@
     estimator-vgg neighbors OUTPUT_DIR QUERY [-k 10] [--html PAGE.html]
     estimator-vgg neighbors OUTPUT_DIR --duplicates 0.95 [--html PAGE.html] [--pairs P.parquet]
     estimator-vgg index OUTPUT_DIR [--pca DIMS] [--kind auto|flat|ivf|ivfpq|hnsw]
+    estimator-vgg compare A B [--max-rel-l2 X] [--min-cosine C] [--json]   (compare.py)
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ commands:
                                        (estimator-vgg neighbors --help)
   estimator-vgg index OUTPUT ...       an approximate nearest-neighbour index (faiss) that
                                        neighbors then uses (estimator-vgg index --help)
+  estimator-vgg compare A B ...        two outputs or golden files, row by row, with
+                                       thresholds for CI (estimator-vgg compare --help)
 
 examples:
   estimator-vgg configs/demo.yaml
@@ -99,6 +102,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return neighbors_main(argv[1:])
     if argv and argv[0] == "index":
         return index_main(argv[1:])
+    if argv and argv[0] == "compare":
+        from estimator_vgg.compare import main as compare_main
+        return compare_main(argv[1:])
     return run_main(argv)
 
 

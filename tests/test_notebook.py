@@ -5,7 +5,8 @@ import re
 
 import numpy as np
 
-from conftest import ROOT, rel_diff, run_py
+from conftest import ROOT, run_py
+from estimator_vgg.testing import assert_features_close
 
 GOLDEN = ROOT / "tests" / "golden"
 
@@ -35,7 +36,7 @@ def test_readme_notebook_snippet_runs_and_gives_the_golden_vectors(tmp_path):
         np.testing.assert_allclose(printed, want[:3], rtol=1e-3, atol=1e-4, err_msg=line)
     second = np.load(out)
     assert second["paths"].tolist() == golden["paths"].tolist()
-    assert rel_diff(second["fc7"], golden["fc7"]).max() <= tol
+    assert_features_close(out, GOLDEN / "demo_fc7.npz", max_rel_l2=tol)
 
 
 def test_readme_snippet_in_a_jupyter_kernel_shows_the_jobs_warning_and_no_tensorflow_chatter(
