@@ -46,5 +46,6 @@ __all__ = sorted(_LAZY)
 def __getattr__(name):
     if name in _LAZY:
         import importlib
+        _quiet.before_tensorflow()   # a tensorflow logger level set since the import is kept
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'estimator_vgg' has no attribute {name!r}")

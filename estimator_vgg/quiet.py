@@ -14,7 +14,8 @@ warnings (synthetic weights, precision hints) and none of TensorFlow's log:
   Estimator's INFO lines. In an interactive session (Jupyter, `python -i`) TensorFlow sets that
   logger to INFO itself when it is imported; tensorflow_imported() (called by the modules that
   import TensorFlow) puts it back to ERROR once, the first time it sees that default. A level
-  the user sets afterwards is never touched again.
+  the user set before (seen by before_tensorflow(), which the package's lazy names call) or
+  sets afterwards is never touched.
 
 One switch turns it all off: ESTIMATOR_VGG_VERBOSE=1 in the environment before estimator_vgg is
 imported (the CLI's -v sets it, and calls set_verbose(), which undoes what was set here). Where
@@ -68,6 +69,15 @@ def quiet_tensorflow() -> None:
     if logger.level == logging.NOTSET or (_tf_imported() and _tensorflows_default(logger)):
         logger.setLevel(logging.ERROR)
         _owns_logger = True
+
+
+def before_tensorflow() -> None:
+    """Called before a name of the package that imports TensorFlow is first used: a level the
+    user gave the tensorflow logger since quiet_tensorflow() is theirs, even when it equals
+    the INFO that TensorFlow's import will set in an interactive session."""
+    global _owns_logger
+    if _owns_logger and not _tf_imported() and logging.getLogger(_TF).level != logging.ERROR:
+        _owns_logger = False
 
 
 def tensorflow_imported() -> None:

@@ -105,6 +105,17 @@ def test_an_interactive_session_does_not_get_the_estimators_info_lines():
     assert len(r.stdout.splitlines()) == 7 and SYNTHETIC in r.stderr
 
 
+def test_a_logger_level_set_after_importing_estimator_vgg_in_a_notebook_is_kept():
+    """The user's INFO equals the default TensorFlow sets in an interactive session; it is
+    still theirs, and TensorFlow's INFO lines show."""
+    code = ("import sys, logging\nsys.ps1 = '>>> '\nimport estimator_vgg\n"
+            "logging.getLogger('tensorflow').setLevel(logging.INFO)\n" + readme_snippet())
+    r = run_py("-c", code, cwd=ROOT, user_env=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "INFO:tensorflow:Calling model_fn." in r.stdout, r.stdout
+    assert not CPP_LINE.search(r.stderr)
+
+
 def test_the_cli_keeps_the_jobs_warnings_and_v_shows_tensorflows_lines(tmp_path):
     quiet = run_py("-m", "estimator_vgg", ROOT / "configs" / "demo.yaml", "devices.cpus=1",
                    f"output.dir={tmp_path / 'quiet'}", cwd=ROOT, user_env=True)
