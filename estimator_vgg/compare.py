@@ -414,8 +414,8 @@ def _fmt(x, cos: bool = False) -> str:
         return "nan"
     if np.isinf(x):
         return str(x)
-    if cos:   # near 1, the distance from 1 is what differs
-        return f"1-{1 - x:.2g}" if 0.9999 < x < 1 else f"{x:.6f}".rstrip("0").rstrip(".")
+    if cos:   # within 1e-6 of 1, the distance from 1 is what differs
+        return f"1-{1 - x:.2g}" if 1 - 1e-6 < x < 1 else f"{x:.6f}".rstrip("0").rstrip(".")
     return "0" if x == 0 else f"{x:.3g}"
 
 
