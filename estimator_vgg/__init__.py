@@ -13,14 +13,22 @@ heavy ones import (recipe.py: the preprocessing recipe and fc7's width; faults.p
 hook; devices.py: device names, importing TensorFlow only inside the functions that ask it),
 never as a copy. A test imports each light module alone and checks that TensorFlow stayed out.
 The names below are imported only when first used, for the same reason.
+
+Importing the package quiets TensorFlow's start-up and deprecation chatter before TensorFlow is
+first imported, unless ESTIMATOR_VGG_VERBOSE=1 (what the CLI's -v sets): quiet.py says how.
 """
 __version__ = "0.1.0"
 
-LIGHT_MODULES = ("accounting", "budget", "config", "devices", "downloads", "exact", "faults",
-                 "index", "index_files", "index_search", "input_wait", "job", "listing",
-                 "manifest", "output", "page", "parquet_layout", "plan", "probe", "progress",
-                 "query", "reader", "recipe", "remote", "search", "searcher", "sections",
-                 "sources", "store", "whole_batches", "writer")
+from estimator_vgg import quiet as _quiet
+
+_quiet.quiet_tensorflow()
+
+LIGHT_MODULES = ("accounting", "budget", "compare", "config", "devices", "downloads", "exact",
+                 "faults", "index", "index_files", "index_search", "input_wait", "job",
+                 "listing", "manifest", "output", "page", "parquet_layout", "plan", "probe",
+                 "progress", "query", "quiet", "reader", "recipe", "remote", "search",
+                 "searcher", "sections", "sources", "store", "testing", "whole_batches",
+                 "writer")
 
 _LAZY = {
     "load_config": "estimator_vgg.config",
@@ -41,5 +49,6 @@ __all__ = sorted(_LAZY)
 def __getattr__(name):
     if name in _LAZY:
         import importlib
+        _quiet.before_tensorflow()   # a tensorflow logger level set since the import is kept
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'estimator_vgg' has no attribute {name!r}")

@@ -4,6 +4,7 @@
     estimator-vgg neighbors OUTPUT_DIR QUERY [-k 10] [--html PAGE.html]
     estimator-vgg neighbors OUTPUT_DIR --duplicates 0.95 [--html PAGE.html] [--pairs P.parquet]
     estimator-vgg index OUTPUT_DIR [--pca DIMS] [--kind auto|flat|ivf|ivfpq|hnsw]
+    estimator-vgg compare A B [--max-rel-l2 X] [--min-cosine C] [--json]   (compare.py)
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ commands:
                                        (estimator-vgg neighbors --help)
   estimator-vgg index OUTPUT ...       an approximate nearest-neighbour index (faiss) that
                                        neighbors then uses (estimator-vgg index --help)
+  estimator-vgg compare A B ...        two outputs or golden files, row by row, with
+                                       thresholds for CI (estimator-vgg compare --help)
 
 examples:
   estimator-vgg configs/demo.yaml
@@ -78,16 +81,19 @@ ESTIMATOR_VGG_SEARCH=1 ./run.sh ... installs it. Details: docs/neighbors.md.
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    if not verbose:
-        # TensorFlow's C++ start-up lines (CUDA plugin registration and the like); errors still
-        # reach the user as Python exceptions. Must be set before TensorFlow is imported.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if verbose:
+        # Importing estimator_vgg quieted TensorFlow's log (quiet.py); -v is the same switch as
+        # ESTIMATOR_VGG_VERBOSE=1 and undoes that, before TensorFlow is imported.
+        from estimator_vgg import quiet
+        quiet.set_verbose()
 
 
 def _quiet_tensorflow(verbose: bool) -> None:
     if not verbose:
-        import tensorflow as tf
-        tf.get_logger().setLevel(logging.ERROR)
+        import tensorflow  # noqa: F401
+
+        from estimator_vgg import quiet
+        quiet.tensorflow_imported()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -96,6 +102,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return neighbors_main(argv[1:])
     if argv and argv[0] == "index":
         return index_main(argv[1:])
+    if argv and argv[0] == "compare":
+        from estimator_vgg.compare import main as compare_main
+        return compare_main(argv[1:])
     return run_main(argv)
 
 
@@ -114,7 +123,8 @@ def run_main(argv: List[str]) -> int:
                         help="delete features, errors, manifest and index already in output.dir and "
                              "start afresh (same as output.overwrite=true)")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show TensorFlow's own log lines and full tracebacks")
+                        help="show TensorFlow's own log lines and full tracebacks (sets "
+                             "ESTIMATOR_VGG_VERBOSE=1, the library's switch)")
     args = parser.parse_intermixed_args(argv)  # flags may stand between the overrides
     _setup_logging(args.verbose)
     log = logging.getLogger("estimator_vgg")

@@ -20,6 +20,9 @@ from estimator_vgg import towers, vgg16
 from estimator_vgg import weights as weights_mod
 from estimator_vgg.config import Config
 from estimator_vgg.devices import HOST, check_devices, session_config, tower_devices
+from estimator_vgg.quiet import tensorflow_imported
+
+tensorflow_imported()  # TensorFlow sets its logger's level when imported in a notebook (quiet.py)
 
 log = logging.getLogger(__name__)
 

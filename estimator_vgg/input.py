@@ -12,6 +12,9 @@ import tensorflow as tf
 
 from estimator_vgg.config import Config
 from estimator_vgg.preprocess import preprocess
+from estimator_vgg.quiet import tensorflow_imported
+
+tensorflow_imported()  # TensorFlow sets its logger's level when imported in a notebook (quiet.py)
 
 MAX_RUNS = 64  # runs of Python-stage and TensorFlow-read parts concatenated, at most
 IN_FLIGHT_PER_THREAD = 4  # images in flight per decode thread (benchmarks/decode_profile.py); each

@@ -19,8 +19,12 @@ SUBPROCESS_TIMEOUT = 180  # seconds; a hung child fails its test instead of bloc
 
 def run_py(*args, **kw):
     """A Python subprocess in this interpreter, with TensorFlow's start-up noise muted, killed
-    after `timeout` seconds (default SUBPROCESS_TIMEOUT)."""
+    after `timeout` seconds (default SUBPROCESS_TIMEOUT). user_env=True: as from a user's
+    shell instead, without any TF_* variable (what tests/test_quiet.py checks)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    if kw.pop("user_env", False):
+        env = {k: v for k, v in env.items()
+               if not k.startswith("TF_") and k != "ESTIMATOR_VGG_VERBOSE"}
     env.update(kw.pop("env", {}))
     kw.setdefault("timeout", SUBPROCESS_TIMEOUT)
     return subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True,
@@ -161,6 +165,18 @@ QUICK = {
                       "_to_do"],
     "test_neighbors.py": ["test_pages_render_their_thumbnails_in_a_real_browser"],
     "test_parquet_layout.py": "*",
+    "test_quiet.py": ["test_quiet_by_default_and_tensorflows_errors_still_raise",
+                      "test_the_cli_keeps_the_jobs_warnings_and_v_shows_tensorflows_lines"],
+    "test_compare.py": [
+        "test_the_same_rows_in_every_output_format_and_order_agree_bitwise",
+        "test_a_row_beyond_max_rel_l2_exits_1_and_is_named_first_among_the_worst",
+        "test_min_cosine_catches_a_row_whose_direction_moved",
+        "test_rows_and_error_rows_on_one_side_only_are_named_and_fail",
+        "test_the_fingerprints_are_shown_side_by_side_and_never_refused",
+        "test_a_golden_file_holds_paths_fc7_errors_and_fingerprint_and_compares_on_either_side",
+        "test_inputs_that_cannot_be_read_exit_2_naming_them", "test_nan_rows_fail_every_threshold",
+        "test_assert_features_close_fails_naming_the_worst_rows_and_the_tolerance",
+        "test_assert_features_close_takes_matrices_dataframes_and_golden_files"],
     "test_index.py": ["test_approximate_kinds_find_the_exact_neighbours_and_the_planted_duplicates"
                       "[ivf]",
                       "test_auto_picks_the_kind_from_rows_and_memory_and_says_why",

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, ROOT, rel_diff, run_py
+from conftest import DEMO, ROOT, run_py
+from estimator_vgg.testing import assert_features_close
 
 GOLDEN = ROOT / "tests" / "golden"
 
@@ -27,11 +28,11 @@ def test_demo_features_match_golden_vectors(demo_run):
     tol = json.loads((GOLDEN / "manifest.json").read_text())["tolerance"]["per_row_relative_l2"]
     df = pd.read_parquet(out / "features")
     assert list(df.columns) == ["path", "fc7"]
-    assert df["path"].tolist() == golden["paths"].tolist()
+    assert df["path"].tolist() == golden["paths"].tolist()   # in the listing's order
     fc7 = np.stack(df["fc7"].to_numpy())
     assert fc7.dtype == np.float32 and fc7.shape == (len(df), 4096)
-    drift = rel_diff(fc7, golden["fc7"])
-    assert drift.max() <= tol, dict(zip(df["path"], drift))
+    # per row |fc7 - golden| / |golden| <= tol, the users' helper (estimator_vgg.testing)
+    assert_features_close(out, GOLDEN / "demo_fc7.npz", max_rel_l2=tol)
 
 
 def test_golden_vectors_are_what_eager_keras_computes_from_the_image_files(tmp_path,
@@ -49,8 +50,8 @@ def test_golden_vectors_are_what_eager_keras_computes_from_the_image_files(tmp_p
                *golden["paths"].tolist(), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     tol = json.loads((GOLDEN / "manifest.json").read_text())["tolerance"]["per_row_relative_l2"]
-    drift = rel_diff(golden["fc7"], np.load(out))
-    assert drift.max() <= tol, dict(zip(golden["paths"].tolist(), drift))
+    assert_features_close((golden["paths"].tolist(), np.load(out)), GOLDEN / "demo_fc7.npz",
+                          max_rel_l2=tol)
 
 
 def test_demo_run_says_its_weights_are_synthetic(demo_run):
@@ -85,7 +86,7 @@ def test_npy_and_csv_outputs_hold_the_same_rows_as_parquet(fmt, demo_run, tmp_pa
     assert paths == ref_paths
     # Parts of 3 are batched on their own, so batches differ from the one-part run: equal up
     # to float rounding, not bitwise.
-    assert rel_diff(fc7, ref).max() <= 1e-5
+    assert_features_close((paths, fc7), (ref_paths, ref), max_rel_l2=1e-5)
     if fmt == "csv":
         first = pd.read_csv(out / "features" / "part-00000.csv")
         assert list(first.columns[:3]) == ["path", "vgg0", "vgg1"]

@@ -5,7 +5,8 @@ import re
 
 import numpy as np
 
-from conftest import ROOT, rel_diff, run_py
+from conftest import ROOT, run_py
+from estimator_vgg.testing import assert_features_close
 
 GOLDEN = ROOT / "tests" / "golden"
 
@@ -35,4 +36,51 @@ def test_readme_notebook_snippet_runs_and_gives_the_golden_vectors(tmp_path):
         np.testing.assert_allclose(printed, want[:3], rtol=1e-3, atol=1e-4, err_msg=line)
     second = np.load(out)
     assert second["paths"].tolist() == golden["paths"].tolist()
-    assert rel_diff(second["fc7"], golden["fc7"]).max() <= tol
+    assert_features_close(out, GOLDEN / "demo_fc7.npz", max_rel_l2=tol)
+
+
+def test_readme_snippet_in_a_jupyter_kernel_shows_the_jobs_warning_and_no_tensorflow_chatter(
+        tmp_path):
+    """The snippet run in a real ipykernel (this interpreter, no TF_* variables) by nbclient,
+    as a notebook runs it: TensorFlow's C++ lines (which ipykernel forwards from the process's
+    stderr) and its Python INFO and deprecation lines (which TensorFlow sends to stdout in an
+    interactive session) are absent; the synthetic-weights warning is there."""
+    import os
+    import sys
+
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+    from test_quiet import SYNTHETIC, chatter, readme_snippet
+
+    spec = tmp_path / "kernels" / "estimator-vgg-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "estimator-vgg test", "language": "python"}))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TF_") and k != "ESTIMATOR_VGG_VERBOSE"}
+    env["PYTHONPATH"] = str(ROOT)
+    km = KernelManager(kernel_name="estimator-vgg-test",
+                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import os, sys; print(sys.executable, "
+                                  "sorted(k for k in os.environ if k.startswith('TF_')))"),
+        nbformat.v4.new_code_cell(readme_snippet())])
+    client = NotebookClient(nb, km=km, timeout=240, startup_timeout=90, kernel_name=km.kernel_name)
+    try:
+        client.execute(env=env, cwd=str(ROOT))   # raises CellExecutionError on an error
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+    first, snippet = ([o for o in cell.outputs] for cell in nb.cells)
+    assert "".join(o.get("text", "") for o in first).strip() == f"{sys.executable} []"
+    stdout = "".join(o["text"] for o in snippet if o.get("name") == "stdout")
+    stderr = "".join(o["text"] for o in snippet if o.get("name") == "stderr")
+    assert all(o.output_type == "stream" for o in snippet), snippet
+    golden = np.load(GOLDEN / "demo_fc7.npz")
+    assert [ln.split(" (4096,) ")[0] for ln in stdout.splitlines()] == \
+        golden["paths"].tolist(), stdout
+    assert SYNTHETIC in stderr, stderr
+    assert chatter(stdout + stderr) == [], stdout + stderr
