@@ -24,9 +24,9 @@ from estimator_vgg import quiet as _quiet
 _quiet.quiet_tensorflow()
 
 LIGHT_MODULES = ("accounting", "budget", "compare", "config", "devices", "downloads", "exact",
-                 "faults", "index", "index_files", "index_search", "input_wait", "job",
-                 "listing", "manifest", "output", "page", "parquet_layout", "plan", "probe",
-                 "progress", "query", "quiet", "reader", "recipe", "remote", "search",
+                 "faults", "golden", "index", "index_files", "index_search", "input_wait",
+                 "job", "listing", "manifest", "output", "page", "parquet_layout", "plan",
+                 "probe", "progress", "query", "quiet", "reader", "recipe", "remote", "search",
                  "searcher", "sections", "sources", "store", "testing", "whole_batches",
                  "writer")
 

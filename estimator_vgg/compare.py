@@ -14,10 +14,7 @@ differ. Per matched row: the relative L2 distance |b - a| / |a| and the cosine s
 fingerprints (weights, preprocessing, precision) are reported side by side, never a reason to
 refuse: comparing precisions or machines is the point.
 
-A golden file (`--save-golden`) is a NumPy .npz: `paths` (str), `fc7` (float32 [n, 4096]),
-`error_paths` and `error_reasons` (the errors table), `fingerprint` and `source` (JSON text:
-the output's fingerprint; its format, last run's versions and devices, the date). Any .npz with
-`paths` and `fc7` (tests/golden/demo_fc7.npz) is read the same way, without a fingerprint.
+The sides (an output, a golden file, arrays) and the golden file's format: golden.py.
 
 A holds its whole matrix in memory; B is read one part at a time (iter_parts), so B may be an
 output larger than memory, and A should be the smaller side (a golden).
@@ -26,166 +23,20 @@ Exit codes of the command: 0 agree, 1 differ, 2 usage error or unreadable input.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
-import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from estimator_vgg.manifest import (ERRORS, MANIFEST, OFF_WHEN_ABSENT, Fingerprint, ManifestError,
-                                    OutputError, damaged, read_manifest)
-from estimator_vgg.recipe import FC7_DIM
+from estimator_vgg.golden import CompareError, Side, open_side, read_all, save_golden
+from estimator_vgg.manifest import OFF_WHEN_ABSENT, Fingerprint, ManifestError, OutputError
 
-GOLDEN_FORMAT = "estimator-vgg-golden/1"
 AGREE, DIFFER, UNUSABLE = 0, 1, 2
 LISTED = 100       # paths listed per category in --json (the counts are always complete)
 _BLOCK = 2048      # rows compared at once (float64 copies of two blocks)
-
-
-class CompareError(ValueError):
-    """An input that is neither an estimator-vgg output nor a golden file; the message says
-    which and what to do."""
-
-
-Chunks = Callable[[], Iterator[Tuple[List[str], np.ndarray]]]
-
-
-@dataclass
-class Side:
-    """One side of a comparison: its rows (read on demand), errors and how it was made."""
-    name: str
-    kind: str                                 # "output", "golden" or "arrays"
-    rows: int
-    chunks: Chunks = field(repr=False)        # yields (paths, float32 [n, 4096]) blocks
-    read_all: Optional[Callable[[], Tuple[List[str], np.ndarray]]] = field(default=None,
-                                                                          repr=False)
-    errors: List[Tuple[str, str]] = field(default_factory=list)   # (path, reason)
-    fingerprint: Optional[Fingerprint] = None
-    output_format: Optional[str] = None
-    versions: Dict[str, Any] = field(default_factory=dict)
-    devices: List[str] = field(default_factory=list)
-    status: Optional[str] = None
-    made_on: Optional[str] = None
-
-    def describe(self) -> str:
-        bits = [self.kind]
-        if self.output_format:
-            bits.append(self.output_format)
-        bits.append(f"{self.rows} rows, {len(self.errors)} error rows")
-        if self.status and self.status != "complete":
-            bits.append(f"status {self.status}")
-        return f"{self.name} ({', '.join(bits)})"
-
-
-def _output_errors(out: Path, manifest) -> List[Tuple[str, str]]:
-    import pyarrow.parquet as pq
-
-    rows: List[Tuple[str, str]] = []
-    for part in manifest.parts:
-        f = out / ERRORS / f"{part.name}.parquet"
-        if not f.is_file():
-            raise damaged(out, part.name, f)
-        t = pq.read_table(f, columns=["path", "reason"])
-        rows += zip(t.column("path").to_pylist(), t.column("reason").to_pylist())
-    return rows
-
-
-def _open_output(out: Path) -> Side:
-    from estimator_vgg.output import iter_parts, read_features
-
-    manifest = read_manifest(out)
-    if manifest is None:  # checked by open_side
-        raise CompareError(f"{out} has no {MANIFEST}")
-    run = manifest.runs[-1] if manifest.runs else None
-    return Side(name=str(out), kind="output", rows=sum(p.features for p in manifest.parts),
-                chunks=lambda: iter_parts(out), read_all=lambda: read_features(out),
-                errors=_output_errors(out, manifest),
-                fingerprint=manifest.fingerprint, output_format=manifest.output_format,
-                versions=dict(run.versions or {}) if run else {},
-                devices=list(run.devices or []) if run else [], status=manifest.status,
-                made_on=(run.started or "")[:10] if run else None)
-
-
-def _json_field(z, key: str) -> Optional[dict]:
-    if key not in z.files:
-        return None
-    return json.loads(str(z[key][()]))
-
-
-def _open_golden(f: Path) -> Side:
-    try:
-        with np.load(f, allow_pickle=False) as z:
-            missing = [k for k in ("paths", "fc7") if k not in z.files]
-            if missing:
-                raise CompareError(f"{f} is a .npz without {' and '.join(missing)}: not a golden "
-                                   f"file (write one with `estimator-vgg compare OUTPUT "
-                                   f"--save-golden {f.name}`)")
-            paths = [str(p) for p in z["paths"].tolist()]
-            fc7 = np.ascontiguousarray(z["fc7"], np.float32)
-            errors = list(zip([str(p) for p in z["error_paths"].tolist()],
-                              [str(r) for r in z["error_reasons"].tolist()])) \
-                if "error_paths" in z.files else []
-            fp = _json_field(z, "fingerprint")
-            source = _json_field(z, "source") or {}
-    except CompareError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise CompareError(f"{f} cannot be read as a golden .npz ({type(e).__name__}: {e})"
-                           ) from None
-    if fc7.ndim != 2 or fc7.shape != (len(paths), FC7_DIM):
-        raise CompareError(f"{f}: fc7 is {fc7.shape}, {len(paths)} paths: expected "
-                           f"[{len(paths)}, {FC7_DIM}]")
-    return Side(name=str(f), kind="golden", rows=len(paths), chunks=lambda: iter([(paths, fc7)]),
-                errors=errors, fingerprint=Fingerprint.from_dict(fp) if fp else None,
-                output_format=source.get("output_format"), versions=source.get("versions", {}),
-                devices=source.get("devices", []), made_on=source.get("made_on"))
-
-
-def open_side(path: os.PathLike) -> Side:
-    """An estimator-vgg output folder (any output.format) or a golden .npz."""
-    p = Path(path)
-    if p.is_dir():
-        if not (p / MANIFEST).is_file():
-            raise CompareError(f"{p} has no {MANIFEST}: not an estimator-vgg output (give an "
-                               f"output.dir, or a golden .npz)")
-        return _open_output(p)
-    if p.is_file():
-        if p.suffix != ".npz":
-            raise CompareError(f"{p} is neither an estimator-vgg output folder nor a golden "
-                               f".npz (write one with `estimator-vgg compare OUTPUT "
-                               f"--save-golden FILE.npz`)")
-        return _open_golden(p)
-    raise CompareError(f"{p} does not exist (give an output.dir, or a golden .npz)")
-
-
-def arrays_side(name: str, paths: Optional[Sequence[str]], matrix) -> Side:
-    """A side made of a matrix in memory; without paths its rows are named by position."""
-    m = np.ascontiguousarray(matrix, np.float32)
-    if m.ndim != 2:
-        raise ValueError(f"{name}: expected a matrix [rows, {FC7_DIM}], got shape {m.shape}")
-    ps = [f"row {i}" for i in range(len(m))] if paths is None else [str(p) for p in paths]
-    if len(ps) != len(m):
-        raise ValueError(f"{name}: {len(ps)} paths for {len(m)} rows")
-    return Side(name=name, kind="arrays", rows=len(m), chunks=lambda: iter([(ps, m)]))
-
-
-def _read_all(side: Side) -> Tuple[List[str], np.ndarray]:
-    if side.read_all is not None:
-        return side.read_all()
-    paths: List[str] = []
-    blocks = []
-    for ps, m in side.chunks():
-        paths += ps
-        blocks.append(m)
-    if not blocks:
-        return paths, np.empty((0, FC7_DIM), np.float32)
-    return paths, blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def _keys(paths: Sequence[str], seen: Counter) -> List[Tuple[str, int]]:
@@ -482,7 +333,7 @@ def _fingerprint_lines(a: Side, b: Side) -> List[str]:
 
 def compare(a: Side, b: Side) -> Comparison:
     """Every row of B against A's row of the same path (A read whole, B part by part)."""
-    a_paths, a_mat = _read_all(a)
+    a_paths, a_mat = read_all(a)
     a_width = a_mat.shape[1]
     a_index = {k: i for i, k in enumerate(_keys(a_paths, Counter()))}
     matched_a = np.zeros(len(a_paths), bool)
@@ -541,31 +392,6 @@ def compare(a: Side, b: Side) -> Comparison:
                       only_b=only_b, failed_in_a_only=failed_a, failed_in_b_only=failed_b,
                       errors_only_a=errors_only_a, errors_only_b=errors_only_b,
                       failed_in_both=len(both), reasons_differ=differ)
-
-
-def save_golden(side: Side, f: os.PathLike) -> int:
-    """Write `side`'s rows, errors and fingerprint to a golden .npz (atomically); its rows."""
-    f = Path(f)
-    if f.suffix != ".npz":
-        raise CompareError(f"--save-golden {f}: give a file name ending in .npz")
-    paths, fc7 = _read_all(side)
-    source = {"format": GOLDEN_FORMAT, "output_format": side.output_format,
-              "versions": side.versions, "devices": side.devices,
-              "made_on": datetime.date.today().isoformat(), "rows": len(paths),
-              "made_from": Path(side.name).name}
-    fp = side.fingerprint.to_dict() if side.fingerprint else None
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez(tmp, paths=np.array(paths, dtype=str), fc7=fc7,
-                 error_paths=np.array([p for p, _ in side.errors], dtype=str),
-                 error_reasons=np.array([r for _, r in side.errors], dtype=str),
-                 fingerprint=np.array(json.dumps(fp)), source=np.array(json.dumps(source)))
-        os.replace(tmp, f)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return len(paths)
 
 
 EPILOG = """\

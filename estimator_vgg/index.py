@@ -24,7 +24,7 @@ import numpy as np
 
 from estimator_vgg.index_files import (CODES, DUPLICATES, FILES, OFFSETS, PATHS, RECORD, TRANSFORM,
                                        VECTORS, Codes, Pca, Record, check_belongs, import_faiss,
-                                       index_dir, load_paths, set_nprobe)
+                                       index_dir, load_paths)
 from estimator_vgg.index_search import load_index  # noqa: F401  (estimator_vgg.index.load_index)
 from estimator_vgg.output import Output
 from estimator_vgg.parquet_layout import row_offsets

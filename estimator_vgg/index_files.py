@@ -31,7 +31,6 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from estimator_vgg.manifest import Fingerprint, Manifest
-from estimator_vgg.recipe import FC7_DIM
 from estimator_vgg.searcher import DUPLICATES, INDEX_DIR, SearchError, unit
 from estimator_vgg.writer import commit_file
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from estimator_vgg.compare import Comparison, Side, arrays_side, compare, open_side
+from estimator_vgg.compare import Comparison, compare
+from estimator_vgg.golden import Side, arrays_side, open_side
 
 __all__ = ["assert_features_close", "as_side"]
 
