@@ -19,7 +19,7 @@ runs it (a subprocess, so its peak memory is its own):
             output, through the index): seconds and peak RSS of the whole command, median of
             --path-reps runs over different rows, beside the time to read the index's path
             column alone; also on the earlier releases' copy of the first --read-rows rows,
-            indexed the same way
+            indexed the same way, and the duplicate search there
 The last line sums up every N.
 
 The synthetic fc7: rows fall in clusters (about 200 rows each) of a 32-d latent space, lifted
@@ -276,6 +276,11 @@ def bench(rows: int, base: Path, args) -> dict:
           f"(path column alone {res['path_column_s']:.2f} s); on the earlier layout "
           f"({nread} rows): {res['path_old_s']:.2f} s, peak {res['path_old_mb']:.0f} MB",
           flush=True)
+    s, mb, _ = run_measured([*exe, "neighbors", old_view, "--duplicates", args.threshold,
+                             "--pairs", base / "pairs-old.parquet"])
+    res["dups_old_s"], res["dups_old_mb"] = s, mb
+    print(f"[{rows}] duplicates >= {args.threshold} on the earlier layout ({nread} rows): "
+          f"{s:.1f} s, peak {mb:.0f} MB", flush=True)
     shutil.rmtree(old_view)
 
     from estimator_vgg.index import load_index
@@ -358,13 +363,13 @@ def main() -> None:
               f"{r['query_ms_median']:.2f}/{r['query_ms_p95']:.2f} | {r['recall10']:.4f} | "
               f"{r['dups_s']:.1f} | {r['planted_found']:.4f} | "
               f"{r['read_new_s']:.2f}/{r['read_old_s']:.2f} ({r['read_rows']} rows) |")
-    print("\n| rows | query by path s | peak MB | path column s | earlier layout: rows, s, "
-          "peak MB |")
+    print("\n| rows | query by path s | peak MB | path column s | earlier layout: rows, query "
+          "by path s, peak MB, duplicates s |")
     print("| ---: | ---: | ---: | ---: | --- |")
     for r in results:
         print(f"| {r['rows']} | {r['path_s']:.2f} | {r['path_mb']:.0f} | "
               f"{r['path_column_s']:.2f} | {r['read_rows']}, {r['path_old_s']:.2f}, "
-              f"{r['path_old_mb']:.0f} |")
+              f"{r['path_old_mb']:.0f}, {r['dups_old_s']:.1f} |")
     print("summary: " + "; ".join(
         f"{r['rows']} rows: build {r['build_s']:.0f} s peak {r['build_mb']:.0f} MB, query "
         f"{r['query_ms_median']:.1f} ms, recall@10 {r['recall10']:.3f}, duplicates "
