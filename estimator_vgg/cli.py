@@ -198,7 +198,7 @@ def summary_text(s, fmt: str) -> str:
                   f"  images/s    {s.images_per_s:.2f}"]
     lines.append(f"  output      {s.output} ({fmt}: features/, errors/, manifest.json)")
     if s.error_count:
-        lines.append(f"  the errors table: pandas.read_parquet('{s.output / 'errors'}')")
+        lines.append(f"  the errors table: pandas.read_parquet('{s.output}/errors')")
     return "\n".join(lines)
 
 

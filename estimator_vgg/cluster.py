@@ -19,19 +19,22 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from estimator_vgg.config import Config
-from estimator_vgg.sections import DevicesConfig, RayConfig
 from estimator_vgg.devices import renumbered_for_task
 from estimator_vgg.faults import forwarded_env
 from estimator_vgg.job import Done, JobError
 from estimator_vgg.listing import display_path
-from estimator_vgg.manifest import part_name
+from estimator_vgg.manifest import MANIFEST, part_name
 from estimator_vgg.remote import redact
+from estimator_vgg.sections import DevicesConfig, RayConfig
 from estimator_vgg.sources import DUPLICATE
-from estimator_vgg.store import STAGING_MARK, write_part
+from estimator_vgg.storage import Bucket, Folder, StorageError
+from estimator_vgg.store import STAGING_MARK
+from estimator_vgg.writer import write_part
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +43,32 @@ RAY_MISSING = ("run.executor is `ray`, but Ray is not installed in this environm
                "...), or set run.executor: local")
 
 
+@dataclass(frozen=True)
+class ShardTarget:
+    """Where a shard writes its parts and how it gets its weights. A local output.dir: the
+    run's staging folder on the storage every node shares (the driver moves a staged part in
+    and lists it); the checkpoint in the shared model.cache_dir. An output on an object store:
+    the store itself (objects under names of this run and attempt; the driver commits them),
+    and the checkpoint travels through Ray's object store to each node's own cache
+    (weights.on_node), fetched only where the node lacks it."""
+    run_id: str
+    stage: Optional[str] = None          # local output: the staging folder
+    weights: Optional[list] = None       # store output: [ObjectRef of weights.pack()]
+    weight_files: Optional[dict] = None  # {file: sha256} of the driver's checkpoint
+
+
 class _PartWriter:
     """The accountant's store inside a shard: writes the part's files, never the manifest,
     and keeps what the driver needs to list each part."""
 
-    def __init__(self, out_dir: Path, fmt: str):
-        self.out_dir, self.fmt = out_dir, fmt
+    def __init__(self, loc, fmt: str, token: Optional[str]):
+        self.loc, self.fmt, self.token = loc, fmt, token
         self.written: List[dict] = []
 
     def commit(self, index, paths, fc7, errors) -> None:
-        write_part(self.out_dir, self.fmt, index, paths, fc7, errors)
-        self.written.append({"index": index, "features": len(paths), "errors": list(errors)})
+        objects = write_part(self.loc, self.fmt, index, paths, fc7, errors, token=self.token)
+        self.written.append({"index": index, "features": len(paths), "errors": list(errors),
+                             "objects": objects if self.token else None})
 
 
 _shards_in_this_process = 0
@@ -66,14 +84,14 @@ def _process_age() -> float:
         return -1.0
 
 
-def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, shard: list,
+def embed_shard(cfg: Config, prepared, target: ShardTarget, shard: list,
                 blocked: Dict[str, tuple]) -> dict:
     """One shard, in a Ray worker: embed the entries of `shard` (parts.Part, as the driver
     cut them: indices, paths, where the bytes are, preset rows) into those parts, written
-    into the driver's staging folder `stage` (Store.stage_dir), which the driver moves into
-    output.dir when it lists them.
+    where `target` says (the run's staging folder, or the output's object store).
 
-    Returns what the driver records: per part its row count and error rows; where it ran.
+    Returns what the driver records: per part its row count, error rows (and on a store its
+    objects); where it ran.
     """
     start = time.time()
     global _shards_in_this_process
@@ -85,6 +103,7 @@ def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, shard: list,
     import ray
     import tensorflow as tf
 
+    from estimator_vgg import weights
     from estimator_vgg.accounting import Part
     from estimator_vgg.parts import embed_parts
 
@@ -92,30 +111,60 @@ def embed_shard(cfg: Config, prepared, stage: Path, run_id: str, shard: list,
         tf.get_logger().setLevel(logging.ERROR)
         logging.getLogger("estimator_vgg").setLevel(logging.ERROR)  # the driver logs the errors
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
-    mark = Path(stage) / STAGING_MARK
-    try:
-        shared = mark.read_text() == run_id
-    except OSError:
-        shared = False
     local_dir = cfg.input.dir is not None and not isinstance(cfg.input.dir, str)
-    for what, ok, path in (
-            ("input.dir", not local_dir or cfg.input.dir.is_dir(), cfg.input.dir),
-            ("output.dir", shared, mark),
-            ("model.cache_dir", Path(prepared.checkpoint + ".index").is_file(),
-             prepared.checkpoint)):
-        if not ok:
-            raise JobError(f"{what} is not shared with node {node}: it does not see {path}, "
-                           f"which the driver made. On a Ray cluster, input.dir, output.dir and "
-                           f"model.cache_dir must be on storage every node mounts at the same "
-                           f"path")
+    if local_dir and not cfg.input.dir.is_dir():
+        raise JobError(_not_shared("input.dir", node, cfg.input.dir))
+    if target.stage is not None:
+        loc, token = _shared_stage(target, node), None
+        if not Path(prepared.checkpoint + ".index").is_file():
+            raise JobError(_not_shared("model.cache_dir", node, prepared.checkpoint))
+    else:
+        loc, token = _reach_store(cfg.output, node), f"{target.run_id}-{os.urandom(4).hex()}"
+        prepared = weights.on_node(prepared, target.weight_files,
+                                   lambda: ray.get(target.weights[0]))
     parts = [Part(p.index, list(p.entries), p.where, dict(p.preset)) for p in shard]
-    writer = _PartWriter(Path(stage), cfg.output.format)
+    writer = _PartWriter(loc, cfg.output.format, token)
     # no budget here: the driver checks the error fraction, in order
     done = embed_parts(cfg, lambda: prepared, writer, parts, blocked, start=start)
     return {"parts": writer.written, "node": node, "pid": os.getpid(),
+            "checkpoint": prepared.checkpoint,
             "seconds": round(time.time() - start, 3),
             "first_batch_s": round(done.first_batch_s, 3), "fresh_worker": fresh,
             "worker_age_s": round(age_s, 3), **done.record}  # done.record: input_wait_share
+
+
+def _not_shared(what: str, node: str, path) -> str:
+    return (f"{what} is not shared with node {node}: it does not see {path}, which the driver "
+            f"made. On a Ray cluster a local input.dir, output.dir and model.cache_dir must be "
+            f"on storage every node mounts at the same path (or put the output on an object "
+            f"store: docs/cluster.md)")
+
+
+def _shared_stage(target: ShardTarget, node: str) -> Folder:
+    """The run's staging folder, checked to be the driver's own (its marker holds the run)."""
+    mark = Path(target.stage) / STAGING_MARK
+    try:
+        shared = mark.read_text() == target.run_id
+    except OSError:
+        shared = False
+    if not shared:
+        raise JobError(_not_shared("output.dir", node, mark))
+    return Folder(Path(target.stage))
+
+
+def _reach_store(output_cfg, node: str) -> Bucket:
+    """The output's object store, checked to be reachable from this node."""
+    loc = Bucket(str(output_cfg.dir), output_cfg)
+    try:
+        if loc.exists(MANIFEST):
+            return loc
+        why = f"{loc.url(MANIFEST)} is not there (the driver wrote it)"
+    except (StorageError, OSError) as e:
+        why = str(e)
+    raise JobError(f"node {node} cannot reach output.dir {loc}: {why}. Every node needs the "
+                   f"remote extra, network access to the store and credentials for it "
+                   f"(output.storage_options travel with the config; the libraries' own "
+                   f"environment and files are each node's)")
 
 
 def shard_config(cfg: Config) -> Config:
@@ -211,7 +260,7 @@ class _Driver:
         resources = task_resources(cfg.run.ray, cfg.devices)
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         check_feasible(nodes, resources)
-        stage = self._submit(resources)
+        target = self._submit(resources)
         log.info("ray: %d shards of up to %d parts of %d images, on %d node(s), each asking "
                  "for %g CPUs and %g GPUs", len(self.pending), cfg.run.ray.parts_per_shard,
                  cfg.output.rows_per_part, len(nodes), resources["num_cpus"],
@@ -221,23 +270,31 @@ class _Driver:
             ready, _ = self.ray.wait(list(self.pending), num_returns=1)
             shard = self.pending.pop(ready[0])
             self._finished(shard, self._result(ready[0], shard), shards)
-            self._list_in_order(stage)
+            self._list_in_order(target)
             job.progress.update(self.files_finished, len(self.errors),
                                 shards=f"{self.shards_done}/{shards}")
-        shutil.rmtree(stage.parent, ignore_errors=True)  # every part moved out: only the marker
+        if target.stage is not None:  # every part moved out: only the marker is left
+            shutil.rmtree(Path(target.stage).parent, ignore_errors=True)
         return Done(self.features, self.errors, self.first_shard_s,
                     record={"executor": "ray", "ray_nodes": len(nodes),
                             "connect_s": round(connect_s, 3), "shards": self.record})
 
-    def _submit(self, resources: dict) -> Path:
-        """Convert the weights, stage the run and submit every shard; the staging folder."""
+    def _submit(self, resources: dict) -> ShardTarget:
+        """Convert the weights, stage the run and submit every shard; where they write."""
         import uuid
 
+        from estimator_vgg import weights
+
         cfg, job = self.cfg, self.job
-        # Converted once, here; the shards restore the checkpoint from model.cache_dir.
+        # Converted once, here; the shards restore the checkpoint from model.cache_dir, or
+        # (output on a store: no shared disk) from their node's copy of it.
         prepared = job.prepare_weights()
-        run_id = uuid.uuid4().hex[:16]
-        stage = job.store.stage_dir(run_id)
+        if job.store.loc.remote:
+            target = ShardTarget(job.store.run_id, weights=[self.ray.put(weights.pack(prepared))],
+                                 weight_files=weights.checkpoint_files(prepared))
+        else:
+            run_id = uuid.uuid4().hex[:16]
+            target = ShardTarget(run_id, stage=str(job.store.stage_dir(run_id)))
         # The driver's TensorFlow log level (quiet unless -v) reaches the workers before they
         # import TensorFlow; otherwise every worker's start-up lines would bury the log. So do
         # the test hooks of faults.py.
@@ -252,8 +309,8 @@ class _Driver:
         k = cfg.run.ray.parts_per_shard
         for shard in (job.parts[i:i + k] for i in range(0, len(job.parts), k)):
             mine = {f: job.blocked[f] for p in shard for f in p.entries if f in job.blocked}
-            self.pending[task.remote(shard_cfg, prep, stage, run_id, shard, mine)] = shard
-        return stage
+            self.pending[task.remote(shard_cfg, prep, target, shard, mine)] = shard
+        return target
 
     def _result(self, ref, shard) -> dict:
         """What the shard returned, or JobError naming the shard and why it failed."""
@@ -289,14 +346,15 @@ class _Driver:
         log.info("%s done on %s in %.1f s (%d of %d shards)", result["what"], result["node"],
                  result["seconds"], self.shards_done, shards)
 
-    def _list_in_order(self, stage: Path) -> None:
+    def _list_in_order(self, target: ShardTarget) -> None:
         """List the finished parts that follow the last listed one: the manifest stays a
         prefix of the parts; the error budget is checked after each."""
         store, budget = self.job.store, self.job.budget
         while self.next_index in self.finished:
             r = self.finished.pop(self.next_index)
-            store.adopt_staged(stage, r["index"])
-            store.record(r["index"], r["features"], len(r["errors"]))
+            if target.stage is not None:
+                store.adopt_staged(Path(target.stage), r["index"])
+            store.record(r["index"], r["features"], len(r["errors"]), r.get("objects"))
             errors = [tuple(e) for e in r["errors"]]
             for rel, reason, message in errors:
                 log.log(logging.INFO if reason == DUPLICATE else logging.WARNING,
@@ -309,4 +367,4 @@ class _Driver:
 
 
 _RECORDED = ("node", "pid", "seconds", "first_batch_s", "fresh_worker", "worker_age_s",
-             "input_wait_share")
+             "input_wait_share", "checkpoint")

@@ -58,9 +58,12 @@ class Config:
         for key in ("dir", "list"):
             if is_uri(out["input"][key]):
                 out["input"][key] = without_query(out["input"][key])
-        if out["input"]["storage_options"]:  # credentials may be in there: keys only
-            out["input"]["storage_options"] = {k: "<redacted>" for k in
-                                               out["input"]["storage_options"]}
+        for sec in ("input", "output"):  # credentials may be in there: keys only
+            if out[sec]["storage_options"]:
+                out[sec]["storage_options"] = {k: "<redacted>" for k in
+                                               out[sec]["storage_options"]}
+        if is_uri(out["output"]["dir"]):
+            out["output"]["dir"] = without_query(out["output"]["dir"])
         return out
 
 

@@ -1,5 +1,7 @@
 """The crash test hook: ESTIMATOR_VGG_FAULT=<point>:<n> SIGKILLs this process the n-th time it
-reaches <point> (batch, features_tmp, part_files, manifest).
+reaches <point> (batch, features_tmp, part_files, manifest; on an object store also
+multipart, between two parts of an upload, and manifest_json, before manifest.json is
+rewritten).
 
 Tests use it to kill a real run at chosen moments of a commit; it does nothing unless the
 variable is set. ESTIMATOR_VGG_FAULT_ONCE=<file> makes it one kill among all processes (Ray
@@ -11,7 +13,7 @@ import os
 import signal
 from typing import Dict
 
-POINTS = ("batch", "features_tmp", "part_files", "manifest")
+POINTS = ("batch", "features_tmp", "part_files", "manifest", "multipart", "manifest_json")
 _counts: Dict[str, int] = {}
 
 

@@ -36,6 +36,10 @@ class PartRecord:
     index: int
     features: int   # rows in features/<name>.*
     errors: int     # rows in errors/<name>.parquet
+    # On an object store, the exact objects the part's commit named: {"features": [refs: the
+    # fc7 file first], "errors": ref}, each ref {"key", "size", "etag", "version"}. None for a
+    # local folder, whose part files have fixed names.
+    objects: Optional[Dict[str, Any]] = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -44,6 +48,14 @@ class PartRecord:
     @property
     def rows(self) -> int:
         return self.features + self.errors
+
+    def to_dict(self) -> dict:
+        d = {"index": self.index, "features": self.features, "errors": self.errors}
+        return {**d, "objects": self.objects} if self.objects is not None else d
+
+    @classmethod
+    def from_dict(cls, p: dict) -> "PartRecord":
+        return cls(int(p["index"]), int(p["features"]), int(p["errors"]), p.get("objects"))
 
 
 @dataclass(frozen=True)
@@ -215,6 +227,9 @@ class Manifest:
     # Random, made when the output is created (or first indexed): an output rebuilt with
     # --overwrite gets another, so an index of the old one never passes for the new one.
     output_id: Optional[str] = None
+    # On an object store: how many numbered commit records (_commits/) this manifest.json
+    # already holds; the records after it are read by key (bucket_store.py). None locally.
+    commits: Optional[int] = None
 
     @property
     def output_format(self) -> str:
@@ -237,21 +252,22 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
         return cls(fingerprint=Fingerprint.from_dict(d.get("fingerprint", {})),
-                   parts=[PartRecord(int(p["index"]), int(p["features"]), int(p["errors"]))
-                          for p in d.get("parts", [])],
+                   parts=[PartRecord.from_dict(p) for p in d.get("parts", [])],
                    runs=[RunRecord.from_dict(r) for r in d.get("runs", [])],
                    config=d.get("config", {}), status=d.get("status", "running"),
                    totals=d.get("totals"), version=d.get("manifest_version", MANIFEST_VERSION),
-                   output_id=d.get("output_id"))
+                   output_id=d.get("output_id"), commits=d.get("commits"))
 
     def to_dict(self) -> dict:
         d = {"manifest_version": self.version, "fingerprint": self.fingerprint.to_dict(),
              **({"output_id": self.output_id} if self.output_id else {}),
              "status": self.status,
-             "parts": [dataclasses.asdict(p) for p in self.parts],
+             "parts": [p.to_dict() for p in self.parts],
              "runs": [r.to_dict() for r in self.runs], "config": self.config}
         if self.totals is not None:
             d["totals"] = self.totals
+        if self.commits is not None:
+            d["commits"] = self.commits
         return d
 
     def to_json(self) -> bytes:

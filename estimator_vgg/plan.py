@@ -12,8 +12,8 @@ from estimator_vgg.config import Config
 from estimator_vgg.sections import ExecutionConfig, ModelConfig
 from estimator_vgg.devices import tensorflow_build, tower_devices
 from estimator_vgg import sources
-from estimator_vgg.manifest import read_manifest
-from estimator_vgg.output import Output
+from estimator_vgg.output import Output, read_output_manifest
+from estimator_vgg.storage import location
 
 def _weights_text(model_cfg: ModelConfig) -> str:
     w = model_cfg.weights
@@ -47,12 +47,13 @@ def dry_run(cfg: Config) -> str:
     by_ext = Counter(os.path.splitext(p.split("?", 1)[0])[1].lower().lstrip(".") or "none"
                      for p in listing.keys)
     first, repeats = Counter(), Counter()
-    manifest = read_manifest(cfg.output.dir)
+    loc = location(cfg.output.dir, cfg.output)
+    manifest = read_output_manifest(loc)
     state = "new output"
     if cfg.output.overwrite:
         state = "output.overwrite: existing features, errors, manifest and index would be deleted"
     elif manifest is not None:
-        first, repeats = sources.committed_counts(Output(cfg.output.dir, manifest))
+        first, repeats = sources.committed_counts(Output(loc, manifest))
         state = (f"resuming ({len(manifest.parts)} parts committed; weights and "
                  f"preprocessing are checked against the manifest when the job starts)")
     todo = len(sources.todo(listing, first, repeats))
@@ -65,7 +66,7 @@ def dry_run(cfg: Config) -> str:
                                                        sorted(by_ext.items())) + ")",
         f"  done         {len(listing.keys) - todo}",
         f"  to do        {todo}",
-        f"  output       {cfg.output.dir} ({cfg.output.format}): {state}",
+        f"  output       {loc} ({cfg.output.format}): {state}",
         f"  devices      {', '.join(devices)} ({cfg.devices.batch_size} images per tower per "
         f"step; GPUs are checked when the job starts)",
         f"  tensorflow   {tensorflow_build()}",

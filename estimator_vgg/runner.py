@@ -30,6 +30,7 @@ from estimator_vgg.output import Output
 from estimator_vgg.remote import redact
 from estimator_vgg.sections import InputConfig
 from estimator_vgg.sources import Where
+from estimator_vgg.bucket_store import open_store
 from estimator_vgg.store import Store
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def recorded_command(argv: List[str]) -> List[str]:
     strings (credentials, presigned signatures) redacted."""
     out = []
     for a in argv:
-        if a.startswith(("input.storage_options", "--set=input.storage_options")) and "=" in a:
+        if a.startswith(("input.storage_options", "output.storage_options")) and "=" in a:
             a = a.split("=", 1)[0] + "=<redacted>"
         out.append(redact(a))
     return out
@@ -113,8 +114,6 @@ def run(cfg: Config, progress=None) -> Summary:
     progress: an object with start(total), update(done, errors, shards=""), close() (see
     progress.py); default: a log line every 30 s.
     """
-    from estimator_vgg.progress import LogProgress
-
     start = time.time()
     listing = sources.build(cfg.input)
     if not listing.keys:
@@ -123,13 +122,24 @@ def run(cfg: Config, progress=None) -> Summary:
                        f"input.extensions"
                        + (" or input.expand_tars" if not cfg.input.expand_tars else ""))
     located = weights.locate(cfg.model)  # hashed for the fingerprint; converted only if needed
-    store = Store(cfg.output.dir, cfg.output.format)
+    store = open_store(cfg.output)
     store.open(fingerprint(cfg, located), cfg.to_dict(), cfg.output.overwrite)
-    sources.check_appended(listing, store.dir)
-    first, repeats = sources.committed_counts(Output(store.dir, store.manifest))
+    try:
+        return _run_opened(cfg, listing, located, store, progress, start)
+    finally:
+        store.close()   # a store's lease is let go on the way out, also on failure
+
+
+def _run_opened(cfg: Config, listing, located: weights.Located, store, progress,
+                start: float) -> Summary:
+    """run(), once the output is open."""
+    from estimator_vgg.progress import LogProgress
+
+    sources.check_appended(listing, store.loc)
+    first, repeats = sources.committed_counts(Output(store.loc, store.manifest))
     todo_at = sources.todo(listing, first, repeats)
     counts = store.manifest.count()
-    budget = ErrorBudget.of_output(cfg.input.max_error_fraction, str(store.dir / ERRORS),
+    budget = ErrorBudget.of_output(cfg.input.max_error_fraction, f"{store.loc}/{ERRORS}",
                                    counts["features"], counts["errors"], sum(repeats.values()))
     log.info("found %d entries in %s: %d already done, %d to do", len(listing.keys),
              sources.describe(cfg.input, listing), len(listing.keys) - len(todo_at),
@@ -175,7 +185,7 @@ def _job(cfg: Config, located: weights.Located, store: Store, listing: sources.L
 
 def _summary(listing, store: Store, budget: ErrorBudget, seconds: float, noop: bool = False,
              done=None, new_files: int = 0, executor: str = "local") -> Summary:
-    errors = dict(sorted(Counter(Output(store.dir, store.manifest).error_reasons()).items()))
+    errors = dict(sorted(Counter(Output(store.loc, store.manifest).error_reasons()).items()))
     summary = Summary(len(listing.keys), store.manifest.count()["features"], errors, new_files,
                       seconds, store.dir, noop=noop, executor=executor,
                       exit_code=budget.exit_code(sum(errors.values())))

@@ -33,7 +33,9 @@ def is_uri(v) -> bool:
 
 
 # Keys that take a local path or a URI (scheme://...); a URI is kept as text, not a Path.
-URI_KEYS = ("input.dir", "input.list")
+URI_KEYS = ("input.dir", "input.list", "output.dir")
+# The object stores an output may be on: a create-only write the job's commits rely on.
+OUTPUT_SCHEMES = ("s3", "gs", "gcs")
 
 
 def _check_scheme(key: str, uri: str) -> None:
@@ -43,6 +45,22 @@ def _check_scheme(key: str, uri: str) -> None:
         check_scheme(key, uri)
     except ExtraMissing as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_output_scheme(uri: str) -> None:
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in OUTPUT_SCHEMES:
+        from estimator_vgg.remote import ExtraMissing, check_scheme
+        try:
+            handled = check_scheme("output.dir", uri)
+        except ExtraMissing as e:
+            raise ConfigError(str(e)) from None
+        what = ("is handled by an installed filesystem, but" if handled else
+                "is a scheme no installed filesystem handles, and")
+        raise ConfigError(f"output.dir: {scheme}:// {what} an output needs a store whose "
+                          f"create-only writes this job can rely on for exactly-once commits: "
+                          f"s3:// or gs://, or a local folder (docs/cluster.md)")
+    _check_scheme("output.dir", uri)
 
 
 def _at_least_1(*pairs) -> None:
@@ -292,23 +310,53 @@ class DevicesConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: Path = _doc("Output folder; features go to `<dir>/features/`. Required.", default=None)
+    dir: Path = _doc("Output folder; features go to `<dir>/features/`. Or an `s3://` or "
+                     "`gs://` prefix (the `remote` extra): parts are written whole as objects "
+                     "and committed exactly once (docs/cluster.md). Required.", default=None)
     format: str = _doc("`parquet` (columns `path`, `fc7`), `npy` (float32 matrix plus a path "
                        "index per part) or `csv` (wide: `path`, `vgg0`..`vgg4095`).",
                        default="parquet")
     rows_per_part: int = _doc("Rows per output part file; bounds the memory the writer holds.",
                               default=1024)
     overwrite: bool = _doc("Start afresh: delete the features, errors, manifest and search "
-                           "index already in `output.dir` (nothing else there). Without it a rerun resumes, and "
-                           "refuses if the weights or preprocessing differ.", default=False)
+                           "index already in `output.dir` (nothing else there). Without it a "
+                           "rerun resumes, and refuses if the weights or preprocessing differ.",
+                           default=False)
+    storage_options: Optional[dict] = _doc("With `output.dir` on an object store: passed to its "
+                                           "fsspec filesystem (`endpoint_url`, `key`, "
+                                           "`secret`, ...), the output's own (the input's are "
+                                           "not borrowed). Redacted in the manifest.",
+                                           default=None)
+    retries: int = _doc("Retries of an object store request that failed transiently (5xx, "
+                        "connection reset, timeout), with exponential backoff; then the job "
+                        "stops naming the part.", default=3)
+    request_timeout_s: float = _doc("Seconds an object store request may take before it is "
+                                    "abandoned (and retried).", default=60.0)
+    multipart_mb: int = _doc("Objects larger than this are uploaded in parts of this size "
+                             "(S3 multipart upload; at least 5).", default=64)
+    lease_s: float = _doc("On an object store: how long a run's hold on the output lasts "
+                          "unless refreshed (every third of it). A rerun after a driver died on "
+                          "another machine waits at most this long; on the same machine it "
+                          "goes on at once.", default=60.0)
+    break_lease: bool = _doc("Take the output over even though another run's lease on it is "
+                             "fresh: only when you know that run is dead (its machine is gone).",
+                             default=False)
 
     def check(self) -> None:
         if self.dir is None:
             raise ConfigError("output.dir is required: the folder the features are written to")
+        if is_uri(self.dir):
+            _check_output_scheme(self.dir)
         if self.format not in OUTPUT_FORMATS:
             raise ConfigError(f"output.format: {self.format!r} is not a format; choose one of "
                               f"{', '.join(OUTPUT_FORMATS)}")
         _at_least_1(("output.rows_per_part", self.rows_per_part))
+        _check_requests("output", self.retries, self.request_timeout_s)
+        if self.multipart_mb < 5:
+            raise ConfigError(f"output.multipart_mb: S3 takes parts of at least 5 MB, got "
+                              f"{self.multipart_mb}")
+        if self.lease_s <= 0:
+            raise ConfigError(f"output.lease_s: must be more than 0, got {self.lease_s}")
 
 
 @dataclass(frozen=True)

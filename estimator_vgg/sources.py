@@ -393,19 +393,22 @@ def committed_counts(output) -> Tuple[Counter, Counter]:
     return first, repeats
 
 
-def check_appended(listing: Listing, out_dir: Path) -> None:
-    """Refuse a list changed other than by appending lines since this output was made from it
-    (ConfigError naming the first line that differs); then record the list as it is now."""
+def check_appended(listing: Listing, loc) -> None:
+    """Refuse a list changed other than by appending lines since the output at `loc` (a
+    storage location) was made from it (ConfigError naming the first line that differs);
+    then record the list as it is now."""
+    import io
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from estimator_vgg.writer import commit_file
-
     if listing.lines is None:
         return
-    copy = Path(out_dir) / LIST_COPY
-    if copy.is_file():
-        old = pq.read_table(copy).column("entry").to_pylist()
+    try:
+        old = pq.read_table(io.BytesIO(loc.read(LIST_COPY))).column("entry").to_pylist()
+    except FileNotFoundError:
+        old = None
+    if old is not None:
         new = listing.lines
         differ = next((k for k, (a, b) in enumerate(zip(old, new)) if a != b), None)
         if differ is None and len(new) < len(old):
@@ -415,13 +418,13 @@ def check_appended(listing: Listing, out_dir: Path) -> None:
             label = listing.labels[differ] if differ < len(new) else f"entry {differ + 1}"
             raise ConfigError(
                 f"input.list: {label} was {old[differ]!r} in the list output.dir "
-                f"{out_dir} was made from, and is now {now}. A list may only grow by "
+                f"{loc} was made from, and is now {now}. A list may only grow by "
                 f"appending lines; restore it, or use another output.dir (or "
                 f"output.overwrite=true to start afresh)")
         if len(new) == len(old):
             return
     table = pa.table({"entry": pa.array(listing.lines, pa.string())})
-    commit_file(copy, lambda tmp: pq.write_table(table, tmp))
+    loc.write(LIST_COPY, lambda f: pq.write_table(table, f))
 
 
 def describe(input_cfg: InputConfig, listing: Listing) -> str:

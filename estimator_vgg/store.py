@@ -21,11 +21,10 @@ import numpy as np
 
 from estimator_vgg import writer
 from estimator_vgg.faults import fault
-from estimator_vgg.listing import display_path
-from estimator_vgg.recipe import FC7_DIM
-from estimator_vgg.manifest import (LIST_COPY, MANIFEST, Fingerprint, Manifest, ManifestError,  # noqa: F401
-                                    OutputError, PartRecord, RunRecord, part_name,
+from estimator_vgg.manifest import (LIST_COPY, MANIFEST, Fingerprint, Manifest,  # noqa: F401
+                                    ManifestError, OutputError, PartRecord, RunRecord, part_name,
                                     read_manifest)
+from estimator_vgg.storage import Folder
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +33,26 @@ INDEX = "index"             # `estimator-vgg index` writes there (index.py); --o
 STAGING_MARK = "run-id"
 
 
+def check_resumable(old: Manifest, fingerprint: Fingerprint, where) -> None:
+    """Refuse to resume an output made with other settings, saying what differs and how to
+    resume it, or start afresh."""
+    if old.fingerprint == fingerprint:
+        return
+    diff = old.fingerprint.differences(fingerprint)
+    resume = old.fingerprint.resume_overrides(fingerprint)
+    again = f"To resume it, run with {' '.join(resume)}; or use" if resume else "Use"
+    raise OutputError(
+        f"output.dir {where} holds features made with other settings, and mixing them would "
+        f"make the table meaningless: {'; '.join(diff)}. {again} another output.dir, or set "
+        f"output.overwrite=true (--overwrite) to delete them and start afresh")
+
+
 class Store:
     """`<output.dir>` with features/, errors/ and manifest.json."""
 
     def __init__(self, out_dir: Path, fmt: str):
         self.dir = Path(out_dir)
+        self.loc = Folder(self.dir)
         self.fmt = fmt
         self.manifest: Optional[Manifest] = None
 
@@ -61,16 +75,7 @@ class Store:
                 old = read_manifest(self.dir)
             except ManifestError as e:
                 raise OutputError(f"{e}; set output.overwrite=true to start afresh") from None
-            if old.fingerprint != fingerprint:
-                diff = old.fingerprint.differences(fingerprint)
-                resume = old.fingerprint.resume_overrides(fingerprint)
-                again = (f"To resume it, run with {' '.join(resume)}; or use" if resume
-                         else "Use")
-                raise OutputError(
-                    f"output.dir {self.dir} holds features made with other settings, and "
-                    f"mixing them would make the table meaningless: {'; '.join(diff)}. "
-                    f"{again} another output.dir, or set output.overwrite=true (--overwrite) "
-                    f"to delete them and start afresh")
+            check_resumable(old, fingerprint, self.dir)
             self.manifest = old
         elif any((self.dir / d).exists() for d in (writer.FEATURES, writer.ERRORS)):
             raise OutputError(f"output.dir {self.dir} has features/ or errors/ but no "
@@ -116,10 +121,14 @@ class Store:
     def commit(self, index: int, paths: Sequence[str], fc7: Optional[np.ndarray],
                errors: Sequence[Tuple[str, str, str]]) -> None:
         """Write part `index` (features and errors) and then list it in the manifest."""
-        write_part(self.dir, self.fmt, index, paths, fc7, errors)
+        writer.write_part(self.loc, self.fmt, index, paths, fc7, errors)
         self.record(index, len(paths), len(errors))
 
-    def record(self, index: int, features: int, errors: int) -> None:
+    def close(self) -> None:
+        """Nothing to let go of here: the lock goes with the process (bucket_store's does
+        more)."""
+
+    def record(self, index: int, features: int, errors: int, objects=None) -> None:
         """List part `index`, whose files are on disk, in the manifest: it is done from now on.
 
         Parts are listed in index order (the readers' row order) whatever order they were
@@ -204,19 +213,3 @@ def ensure_output_id(out_dir: Path) -> Manifest:
         text = manifest.to_json()
         writer.commit_file(Path(out_dir) / MANIFEST, lambda f: f.write(text))
     return manifest
-
-
-def write_part(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
-               fc7: Optional[np.ndarray], errors: Sequence[Tuple[str, str, str]]) -> None:
-    """Write the files of part `index` (features, then errors), each atomically; the part is
-    not done until the manifest lists it (Store.record). Used by Store.commit and by a Ray
-    shard, which writes on its node and leaves the listing to the driver.
-
-    Paths are written in their display form (listing.display_path): the tables hold UTF-8.
-    """
-    out_dir = Path(out_dir)
-    matrix = fc7 if fc7 is not None else np.zeros((0, FC7_DIM), np.float32)
-    writer.write_features(out_dir, fmt, index, [display_path(p) for p in paths], matrix,
-                          before_rename=lambda: fault("features_tmp"))
-    writer.write_errors(out_dir, index, [(display_path(p), r, m) for p, r, m in errors])
-    fault("part_files")

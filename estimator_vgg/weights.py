@@ -281,3 +281,70 @@ def prepare(model_cfg, located: Optional[Located] = None) -> PreparedWeights:
     info = json.loads(info_file.read_text())
     return PreparedWeights(model_dir, str(model_dir / info["checkpoint"]), source, digest,
                            synthetic)
+
+
+# ---------------------------------------------------------------- weights that travel (Ray)
+
+NODE_CACHE_ENV = "ESTIMATOR_VGG_NODE_CACHE"   # each node's own cache (else ~/.cache/...)
+
+
+def checkpoint_files(prepared: PreparedWeights) -> Dict[str, str]:
+    """{file name: sha256} of a converted checkpoint's files (weights.json included)."""
+    return {f.name: sha256_file(f) for f in sorted(Path(prepared.model_dir).iterdir())
+            if f.is_file()}
+
+
+def pack(prepared: PreparedWeights) -> Dict[str, bytes]:
+    """The checkpoint's files as bytes, to travel to nodes that do not share model.cache_dir
+    (through Ray's object store)."""
+    return {f.name: f.read_bytes() for f in sorted(Path(prepared.model_dir).iterdir())
+            if f.is_file()}
+
+
+def on_node(prepared: PreparedWeights, files: Dict[str, str], fetch) -> PreparedWeights:
+    """The driver's checkpoint as this node keeps it: under $ESTIMATOR_VGG_NODE_CACHE (each
+    node sets its own; default ~/.cache/estimator-vgg), checked file by file against the
+    driver's sha256; fetch() gives the packed files when the node has no good copy."""
+    cache = Path(os.environ.get(NODE_CACHE_ENV) or "~/.cache/estimator-vgg").expanduser()
+    model_dir = cache / "checkpoints" / prepared.sha256[:16]
+    if not _same_files(model_dir, files):
+        packed = fetch()
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir.parent / f".tmp-{prepared.sha256[:16]}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, data in packed.items():
+            (tmp / name).write_bytes(data)
+        if not _same_files(tmp, files):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise WeightsError(f"the weights that reached this node differ from the driver's "
+                               f"(sha256 of {prepared.checkpoint})")
+        shutil.rmtree(model_dir, ignore_errors=True)
+        try:
+            os.rename(tmp, model_dir)
+        except OSError:  # another shard on this node finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not _same_files(model_dir, files):
+                raise
+        log.info("weights %s cached on this node in %s", prepared.source, model_dir)
+    return PreparedWeights(model_dir, str(model_dir / Path(prepared.checkpoint).name),
+                           prepared.source, prepared.sha256, prepared.synthetic)
+
+
+_checked: Dict[str, float] = {}   # folders whose files were hashed, by their newest mtime
+
+
+def _same_files(model_dir: Path, files: Dict[str, str]) -> bool:
+    try:
+        have = sorted(f.name for f in model_dir.iterdir() if f.is_file())
+        if have != sorted(files):
+            return False
+        stamp = max((model_dir / n).stat().st_mtime for n in have)
+    except OSError:
+        return False
+    if _checked.get(str(model_dir)) == stamp:
+        return True
+    if all(sha256_file(model_dir / n) == h for n, h in files.items()):
+        _checked[str(model_dir)] = stamp
+        return True
+    return False

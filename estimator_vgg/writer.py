@@ -18,7 +18,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,12 +42,10 @@ def commit_file(final: Path, write: Callable, before_rename: Callable = lambda: 
     os.replace(tmp, final)
 
 
-def write_features(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
-                   matrix: np.ndarray, before_rename: Callable = lambda: None) -> None:
-    """Write one features part (for npy, the path index first, then the matrix)."""
-    d = Path(out_dir) / FEATURES
-    d.mkdir(parents=True, exist_ok=True)
-    name = part_name(index)
+def features_files(fmt: str, paths: Sequence[str], matrix: np.ndarray
+                   ) -> List[Tuple[str, Callable]]:
+    """(suffix, write) of each file of a features part, in the order they are written (npy:
+    the path index first, then the matrix); write(f) puts the file's bytes into f."""
     matrix = np.asarray(matrix, np.float32).reshape(len(paths), FC7_DIM)
     if fmt == "parquet":
         import pyarrow as pa
@@ -56,12 +54,11 @@ def write_features(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
             "path": pa.array(list(paths), pa.string()),
             "fc7": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), FC7_DIM),
         })
-        files = [(d / f"{name}.parquet", lambda f: write_fast_parquet(table, f))]
-    elif fmt == "npy":
+        return [(".parquet", lambda f: write_fast_parquet(table, f))]
+    if fmt == "npy":
         lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in paths).encode()
-        files = [(d / f"{name}.paths.jsonl", lambda f: f.write(lines)),
-                 (d / f"{name}.npy", lambda f: np.save(f, matrix))]
-    elif fmt == "csv":
+        return [(".paths.jsonl", lambda f: f.write(lines)), (".npy", lambda f: np.save(f, matrix))]
+    if fmt == "csv":
         def write_csv(f):
             text = io.TextIOWrapper(f, encoding="utf-8", newline="")
             w = csv.writer(text)
@@ -70,21 +67,42 @@ def write_features(out_dir: Path, fmt: str, index: int, paths: Sequence[str],
                 w.writerow([p] + ["%.9g" % v for v in row.tolist()])  # %.9g: exact float32
             text.flush()
             text.detach()
-        files = [(d / f"{name}.csv", write_csv)]
-    else:
-        raise ValueError(f"unknown output format {fmt!r}")
-    for final, write in files:
-        commit_file(final, write, before_rename)
+        return [(".csv", write_csv)]
+    raise ValueError(f"unknown output format {fmt!r}")
 
 
-def write_errors(out_dir: Path, index: int, rows: Sequence[Tuple[str, str, str]]) -> None:
-    """Write one errors part (possibly empty, so `read_parquet(<dir>/errors)` always works)."""
+def errors_file(rows: Sequence[Tuple[str, str, str]]) -> Callable:
+    """write(f) of an errors part (possibly empty, so `read_parquet(<dir>/errors)` always
+    works)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    d = Path(out_dir) / ERRORS
-    d.mkdir(parents=True, exist_ok=True)
     table = pa.table({"path": pa.array([r[0] for r in rows], pa.string()),
                       "reason": pa.array([r[1] for r in rows], pa.string()),
                       "message": pa.array([r[2] for r in rows], pa.string())})
-    commit_file(d / f"{part_name(index)}.parquet", lambda f: pq.write_table(table, f))
+    return lambda f: pq.write_table(table, f)
+
+
+def write_part(loc, fmt: str, index: int, paths: Sequence[str], fc7: Optional[np.ndarray],
+               errors: Sequence[Tuple[str, str, str]], token: Optional[str] = None) -> dict:
+    """Write the files of part `index` (features, then errors) into `loc` (a storage Folder
+    or Bucket), each whole; the part is not done until its commit lists it. `token` (on an
+    object store: the run and the attempt) goes into the names, so two attempts at one part
+    never write the same object. Returns the objects written: {"features": [refs, the fc7
+    file first], "errors": ref}.
+
+    Paths are written in their display form (listing.display_path): the tables hold UTF-8.
+    """
+    from estimator_vgg.faults import fault
+    from estimator_vgg.listing import display_path
+
+    name = part_name(index) + (f".{token}" if token else "")
+    matrix = fc7 if fc7 is not None else np.zeros((0, FC7_DIM), np.float32)
+    refs = [loc.write(f"{FEATURES}/{name}{suffix}", write,
+                      before_rename=lambda: fault("features_tmp"))
+            for suffix, write in features_files(fmt, [display_path(p) for p in paths], matrix)]
+    error_ref = loc.write(f"{ERRORS}/{name}.parquet",
+                          errors_file([(display_path(p), r, m) for p, r, m in errors]))
+    fault("part_files")
+    return {"features": [r.to_dict() for r in reversed(refs)] if fmt == "npy" else
+            [r.to_dict() for r in refs], "errors": error_ref.to_dict()}

@@ -44,4 +44,20 @@ def s3(objects):
         srv.client = client
         yield srv
     finally:
-        server.stop()
+        try:
+            _empty(client)
+        finally:
+            server.stop()
+
+
+def _empty(client) -> None:
+    """Every bucket emptied and removed: moto's servers in one process share their state, so
+    what a test wrote would otherwise be there for the next test's server."""
+    for b in client.list_buckets().get("Buckets", []):
+        name = b["Name"]
+        for u in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=u["Key"], UploadId=u["UploadId"])
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=name):
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                client.delete_object(Bucket=name, Key=v["Key"], VersionId=v["VersionId"])
+        client.delete_bucket(Bucket=name)

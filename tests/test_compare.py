@@ -30,16 +30,16 @@ def write_output(out, feats, errors=(), fmt="parquet", rows_per_part=4, **finger
     feature rows in the dict's order, cut into parts, then `errors` (path, reason) in the last
     part."""
     from estimator_vgg.manifest import Fingerprint, Manifest, PartRecord
-    from estimator_vgg.writer import write_errors, write_features
+    from estimator_vgg.storage import Folder
+    from estimator_vgg.writer import write_part
 
     items = list(feats.items())
     chunks = [items[i:i + rows_per_part] for i in range(0, len(items), rows_per_part)] or [[]]
     parts = []
     for i, chunk in enumerate(chunks):
         errs = [(p, r, f"{p}: {r}") for p, r in errors] if i == len(chunks) - 1 else []
-        write_features(out, fmt, i, [p for p, _ in chunk],
-                       np.stack([v for _, v in chunk]) if chunk else np.empty((0, 4096)))
-        write_errors(out, i, errs)
+        write_part(Folder(out), fmt, i, [p for p, _ in chunk],
+                   np.stack([v for _, v in chunk]) if chunk else np.empty((0, 4096)), errs)
         parts.append(PartRecord(i, len(chunk), len(errs)))
     fp = Fingerprint.from_dict({**BASE_FP, "output_format": fmt, **fingerprint})
     m = Manifest(fingerprint=fp, parts=parts, status="complete", config={"input": {"dir": "x"}})

@@ -5,6 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from estimator_vgg.storage import Folder
+
 
 def _matrix(n, seed=0):
     rng = np.random.default_rng(seed)
@@ -19,7 +21,7 @@ def test_new_parts_read_through_the_fast_path_bit_for_bit(tmp_path, rows):
 
     m = _matrix(rows)
     paths = [f"d/{i}.jpg" for i in range(rows)]
-    writer.write_features(tmp_path, "parquet", 0, paths, m)
+    writer.write_part(Folder(tmp_path), "parquet", 0, paths, m, [])
     f = tmp_path / "features" / "part-00000.parquet"
     pf = pq.ParquetFile(f)
     out = np.full((rows, 4096), np.nan, np.float32)
@@ -79,7 +81,7 @@ def test_read_features_mixes_earlier_and_new_parts(tmp_path):
     (tmp_path / "out" / "features").mkdir()
     writer.commit_file(tmp_path / "out" / "features" / "part-00000.parquet",
                        lambda f: pq.write_table(table, f))
-    writer.write_errors(tmp_path / "out", 0, [])
+    Folder(tmp_path / "out").write("errors/part-00000.parquet", writer.errors_file([]))
     store.record(0, 10, 0)
     store.commit(1, [f"b{i}" for i in range(7)], b, [])
     paths, m = read_features(tmp_path / "out")
@@ -94,7 +96,7 @@ def test_rows_by_offset_are_the_rows_and_each_part_is_read_once(tmp_path):
     from estimator_vgg.parquet_layout import RowReader, row_offsets
 
     fast, other = _matrix(5000, 4), _matrix(300, 5)
-    writer.write_features(tmp_path, "parquet", 0, [f"f{i}" for i in range(5000)], fast)
+    writer.write_part(Folder(tmp_path), "parquet", 0, [f"f{i}" for i in range(5000)], fast, [])
     old = tmp_path / "features" / "part-00001.parquet"
     pq.write_table(pa.table({"path": pa.array([f"o{i}" for i in range(300)]), "fc7":
                              pa.FixedSizeListArray.from_arrays(pa.array(other.reshape(-1)),

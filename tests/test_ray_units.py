@@ -32,7 +32,9 @@ def test_staged_parts_reach_the_output_only_when_the_driver_lists_them(tmp_path)
     import numpy as np
 
     from estimator_vgg.manifest import Fingerprint
-    from estimator_vgg.store import Store, write_part
+    from estimator_vgg.storage import Folder
+    from estimator_vgg.store import Store
+    from estimator_vgg.writer import write_part
     from estimator_vgg.output import read_features
 
     def store():
@@ -43,12 +45,12 @@ def test_staged_parts_reach_the_output_only_when_the_driver_lists_them(tmp_path)
     s = store()
     stage = s.stage_dir("run1")
     rows = np.ones((2, 4096), np.float32)
-    write_part(stage, "parquet", 0, ["a.jpg", "b.jpg"], rows, [])
+    write_part(Folder(stage), "parquet", 0, ["a.jpg", "b.jpg"], rows, [])
     assert not (tmp_path / "out" / "features").exists()  # staged, not in the output yet
     s.adopt_staged(stage, 0)
     s.record(0, 2, 0)
     # A shard of that run, still dying after its driver was killed, writes part 1 late.
-    write_part(stage, "parquet", 1, ["c.jpg"], rows[:1], [])
+    write_part(Folder(stage), "parquet", 1, ["c.jpg"], rows[:1], [])
     (tmp_path / "out" / "manifest.json.123-abcd.tmp").write_text("{")
     s._lock.close()
     s = store()  # the rerun: the late part is never adopted, and the leftovers are gone

@@ -11,6 +11,7 @@ import pytest
 from conftest import DEMO, make_config, make_tar, run_py
 from estimator_vgg import sources
 from estimator_vgg.config import ConfigError
+from estimator_vgg.storage import Folder
 
 ENTRIES = ["chelsea_cat.JPG", "space/astronaut.png", "coffee_small.jpg", "chelsea_cat.JPG"]
 
@@ -81,16 +82,16 @@ def test_a_list_may_grow_by_appending_and_nothing_else(tmp_path):
     cfg = make_config(tmp_path, input={"list": str(lst)})
     out = tmp_path / "out"
     out.mkdir()
-    sources.check_appended(sources.build(cfg.input), out)
+    sources.check_appended(sources.build(cfg.input), Folder(out))
     _write_list(lst, ENTRIES)  # one line appended: fine
-    sources.check_appended(sources.build(cfg.input), out)
+    sources.check_appended(sources.build(cfg.input), Folder(out))
     _write_list(lst, [ENTRIES[0], "camera_gray.png", *ENTRIES[2:]])
     with pytest.raises(ConfigError, match=r"line 2 was 'space/astronaut.png' in the list "
                                           r"output.dir .* is now 'camera_gray.png'"):
-        sources.check_appended(sources.build(cfg.input), out)
+        sources.check_appended(sources.build(cfg.input), Folder(out))
     _write_list(lst, ENTRIES[:2])
     with pytest.raises(ConfigError, match="entry 3 was 'coffee_small.jpg' .* missing"):
-        sources.check_appended(sources.build(cfg.input), out)
+        sources.check_appended(sources.build(cfg.input), Folder(out))
 
 
 
