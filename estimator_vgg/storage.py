@@ -235,15 +235,22 @@ class Bucket:
         return self._put(name, data, create=False)
 
     def create(self, name: str, data: bytes) -> ObjectRef:
+        """The object, only if `name` is new (Exists otherwise). Bytes equal to ours there
+        count as ours: every caller writes bytes no other writer could (a run id, a token)."""
         return self._put(name, data, create=True)
 
     def _put(self, name: str, data: bytes, create: bool) -> ObjectRef:
         put = _put_s3 if self.scheme == "s3" else _put_gcs
-        try:
-            out = self._call("writing", name, lambda: _exists_as(put, self, name, data, create))
-        except StorageError:
-            raise
+        out = self._call("writing", name, lambda: _exists_as(put, self, name, data, create))
         if out is _TAKEN:
+            # A create whose answer was lost is retried (by the client library, or here) and
+            # meets its own object: taken by this very write when the bytes are these.
+            try:
+                if self.read(name) == data:
+                    info = self.info(name) or {}
+                    return ObjectRef(name, len(data), info.get("etag"), info.get("version"))
+            except FileNotFoundError:
+                pass
             raise Exists(name)
         return out
 

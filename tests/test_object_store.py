@@ -126,3 +126,162 @@ def test_the_dry_run_reads_an_s3_output_and_writes_nothing(tmp_path):
         assert "output       s3://out/run (parquet): new output" in r.stdout
         assert keys(srv, "out") == [".keep"]
         assert not (tmp_path / "s3:").exists()
+
+
+@pytest.mark.parametrize("fault", ["part_files:2", "manifest:2", "manifest_json:1",
+                                   "manifest_json:2", "features_tmp:3", "batch:4"])
+def test_a_driver_killed_at_each_commit_point_resumes_to_the_uninterrupted_output(
+        tmp_path, local, fault):
+    """part_files: a part's objects written, its record not; manifest: a record created;
+    manifest_json: before manifest.json is rewritten (when the output is opened, and at the
+    end, after every record); features_tmp: before a part's objects are uploaded."""
+    with s3({"out/.keep": b""}) as srv:
+        opts = srv.storage_options
+        r = job(tmp_path, "s3://out/run", fault=fault, storage_options=opts)
+        assert r.returncode == -9, (r.returncode, r.stderr[-2000:])   # the kill, not an error
+        try:
+            paths, fc7, _ = rows("s3://out/run", opts)   # whole committed parts only
+            n = len(paths)
+            assert paths == local["parquet"][0][:n] and fc7 == local["parquet"][1][:n]
+        except FileNotFoundError:   # killed before the first manifest.json
+            assert fault == "manifest_json:1"
+        again = job(tmp_path, "s3://out/run", storage_options=opts)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "that process is gone" in again.stderr   # the lease, taken over at once
+        assert rows("s3://out/run", opts) == local["parquet"]
+        from estimator_vgg.output import Output
+        from estimator_vgg.storage import location
+        from types import SimpleNamespace
+        committed = {r["key"] for p in Output(location("s3://out/run", SimpleNamespace(
+            storage_options=opts))).parts for r in p.objects["features"]}
+        assert {k[len("run/"):] for k in keys(srv, "out", "run/features/")} == committed
+
+
+def test_a_second_driver_is_refused_naming_the_holder_and_the_first_finishes(tmp_path,
+                                                                             local):
+    """The first driver reads its images from a slow HTTP server (1.5 s a request, one at a
+    time), so it holds the output while the second one starts."""
+    from http_files import serve
+
+    names, fc7 = local["parquet"][0], local["parquet"][1]
+    with s3({"out/.keep": b""}) as srv, \
+            serve({f"/{n}": (DEMO / n).read_bytes() for n in names}, delay_s=1.5) as web:
+        opts = srv.storage_options
+        lst = tmp_path / "slow.txt"
+        lst.write_text("".join(web.url(f"/{n}") + "\n" for n in names))
+        first = job(tmp_path, "s3://out/run", f"input.list={lst}", "input.read_concurrency=1",
+                    storage_options=opts, popen=True, name="a.yaml")
+        try:
+            deadline = time.time() + 120
+            while not keys(srv, "out", "run/_lease/") and time.time() < deadline:
+                assert first.poll() is None, first.communicate()[1][-2000:]
+                time.sleep(0.2)
+            second = job(tmp_path, "s3://out/run", f"input.list={lst}",
+                         storage_options=opts, name="b.yaml")
+            assert first.poll() is None, "the first driver ended before the second one tried"
+            _, err = first.communicate(timeout=300)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert (f"of pid {first.pid} on {socket.gethostname()}" in second.stderr
+                and "alive on this machine" in second.stderr), second.stderr[-2000:]
+        assert first.returncode == 0, err[-2000:]
+        got_paths, got, _ = rows("s3://out/run", opts)
+        assert got == fc7 and got_paths == [web.url(f"/{n}") for n in names]
+
+
+def test_a_lease_held_on_another_machine_is_taken_over_once_it_expires(tmp_path, local):
+    """A driver killed on another machine leaves a lease nobody refreshes: a rerun is refused
+    until it is older than its period (the store's clock), then goes on; break_lease goes on
+    at once."""
+    with s3({"out/.keep": b""}) as srv:
+        opts = srv.storage_options
+        held = {"run_id": "r-elsewhere", "host": "another-machine", "pid": 4242,
+                "since": "2026-12-06T10:00:00", "period_s": 3}
+        srv.client.put_object(Bucket="out", Key="run/_lease/00000000.json",
+                              Body=json.dumps(held).encode())
+        refused = job(tmp_path, "s3://out/run", "output.lease_s=3", storage_options=opts)
+        assert refused.returncode == 1, refused.stderr[-2000:]
+        assert ("run r-elsewhere of pid 4242 on another-machine" in refused.stderr
+                and "output.break_lease=true" in refused.stderr), refused.stderr[-2000:]
+        time.sleep(4.5)   # past its period (last-modified has a resolution of a second)
+        r = job(tmp_path, "s3://out/run", "output.lease_s=3", storage_options=opts)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "not refreshed for" in r.stderr
+        assert rows("s3://out/run", opts) == local["parquet"]
+        srv.client.put_object(Bucket="out", Key="run/_lease/00000002.json",
+                              Body=json.dumps(held).encode())   # held again, fresh
+        broken = job(tmp_path, "s3://out/run", "output.break_lease=true",
+                     storage_options=opts)
+        assert broken.returncode == 0 and "taking over from" in broken.stderr, \
+            broken.stderr[-2000:]
+
+
+def test_a_late_shard_of_a_killed_run_never_touches_a_committed_object(tmp_path, local):
+    """A shard of an earlier run still dying writes its part after the rerun committed the
+    same part: under its own run's name, so the committed object is untouched, readers never
+    see it, and the next completed run removes it."""
+    with s3({"out/.keep": b""}) as srv:
+        opts = srv.storage_options
+        assert job(tmp_path, "s3://out/run", storage_options=opts).returncode == 0
+        committed = keys(srv, "out", "run/features/")
+        before = {k: srv.client.head_object(Bucket="out", Key=k)["ETag"] for k in committed}
+        late = committed[1].replace(committed[1].split(".")[1], "deadbeefdeadbeef-00000000")
+        srv.client.put_object(Bucket="out", Key=late, Body=b"a late shard's bytes")
+        assert {k: srv.client.head_object(Bucket="out", Key=k)["ETag"]
+                for k in committed} == before
+        assert rows("s3://out/run", opts) == local["parquet"]
+        assert job(tmp_path, "s3://out/run", storage_options=opts).returncode == 0  # no-op run
+        assert keys(srv, "out", "run/features/") == committed
+
+
+def test_a_create_whose_answer_was_lost_is_recognised_as_its_own(monkeypatch):
+    """A create-only write whose response was lost is retried (by the client, or by us) and
+    meets its own object (412): it is this write's, not another writer's, when the bytes are
+    the same; other bytes there are a real conflict."""
+    from types import SimpleNamespace
+
+    from estimator_vgg import storage
+
+    with s3({"out/.keep": b""}) as srv:
+        bucket = storage.Bucket("s3://out/run", SimpleNamespace(
+            storage_options=srv.storage_options, retries=1, request_timeout_s=10))
+        real = storage._put_s3
+
+        def lost_answer(b, name, data, create):
+            real(b, name, data, create)        # the object is made...
+            raise FileExistsError("412")       # ...and the retry of the lost request meets it
+
+        monkeypatch.setattr(storage, "_put_s3", lost_answer)
+        ref = bucket.create("_commits/000000000000.json", b'{"run": "mine"}')
+        assert ref.size == len(b'{"run": "mine"}')
+        monkeypatch.setattr(storage, "_put_s3", real)
+        with pytest.raises(storage.Exists):
+            bucket.create("_commits/000000000000.json", b'{"run": "another"}')
+        assert bucket.read("_commits/000000000000.json") == b'{"run": "mine"}'
+
+
+def test_a_driver_killed_mid_multipart_upload_leaves_nothing_and_resumes(tmp_path):
+    """A part larger than output.multipart_mb goes up in pieces; killed between two of them,
+    the upload stays incomplete (invisible to readers); the rerun aborts it and commits every
+    part once, the same rows as an uninterrupted run."""
+    from store_driver import part_rows
+
+    with s3({"out/.keep": b""}) as srv:
+        args = [ROOT / "tests" / "store_driver.py", "s3://out/big",
+                json.dumps(srv.storage_options), 3, 400, 5]   # 400 rows: 6.5 MB a part
+        r = run_py(*args, env={"ESTIMATOR_VGG_FAULT": "multipart:2"})
+        assert r.returncode == -9, r.stderr[-2000:]
+        uploads = srv.client.list_multipart_uploads(Bucket="out").get("Uploads", [])
+        assert len(uploads) == 1 and "/features/part-00001." in uploads[0]["Key"]
+        assert rows("s3://out/big", srv.storage_options)[0] == part_rows(0, 400)[0]
+        r = run_py(*args)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "aborted 1 multipart uploads" in r.stderr
+        assert not srv.client.list_multipart_uploads(Bucket="out").get("Uploads")
+        paths, fc7, _ = rows("s3://out/big", srv.storage_options)
+        want = [part_rows(k, 400) for k in range(3)]
+        assert paths == [p for ps, _ in want for p in ps]
+        assert fc7 == [r.tobytes() for _, m in want for r in m]
+        assert len(keys(srv, "out", "big/features/")) == 3
