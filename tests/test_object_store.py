@@ -119,6 +119,14 @@ def test_an_s3_output_needs_the_remote_extra_and_a_store_with_create_only_writes
     assert not list(tmp_path.glob("*:*")) and not (tmp_path / "s3:").exists()
 
 
+def test_a_missing_bucket_is_named_before_any_work(tmp_path):
+    with s3({"out/.keep": b""}) as srv:
+        r = job(tmp_path, "s3://nobucket/run", storage_options=srv.storage_options)
+        assert r.returncode == 1, r.stderr[-2000:]
+        assert "output.dir s3://nobucket/run: its bucket does not exist" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
 def test_the_dry_run_reads_an_s3_output_and_writes_nothing(tmp_path):
     with s3({"out/.keep": b""}) as srv:
         r = job(tmp_path, "s3://out/run", "--dry-run", storage_options=srv.storage_options)
