@@ -293,3 +293,42 @@ def test_a_driver_killed_mid_multipart_upload_leaves_nothing_and_resumes(tmp_pat
         assert paths == [p for ps, _ in want for p in ps]
         assert fc7 == [r.tobytes() for _, m in want for r in m]
         assert len(keys(srv, "out", "big/features/")) == 3
+
+
+def test_index_and_neighbors_read_an_output_on_s3(tmp_path):
+    """`estimator-vgg index` on an output on S3 builds on this machine and writes index/ to
+    the store; neighbors fetches it once into a local cache, fetches it again when the index
+    changes, finds what exact search finds, and writes duplicate pairs to the store."""
+    pytest.importorskip("faiss")
+    import shutil
+
+    imgs = tmp_path / "imgs"
+    shutil.copytree(DEMO, imgs, ignore=shutil.ignore_patterns("*.md"))
+    shutil.copy(DEMO / "chelsea_cat.JPG", imgs / "copy_of_cat.jpg")
+    cache = tmp_path / "index-cache"
+    env = {"ESTIMATOR_VGG_INDEX_CACHE": str(cache)}
+    with s3({"out/.keep": b""}) as srv:
+        opts = json.dumps(srv.storage_options)
+        r = job(tmp_path, "s3://out/run", storage_options=srv.storage_options, input_dir=imgs)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+        def cli(*args):
+            return run_py("-m", "estimator_vgg", *args, "--storage-options", opts, env=env)
+
+        r = cli("index", "s3://out/run", "--pca", "4")
+        assert r.returncode == 0 and "in s3://out/run/index" in r.stdout, r.stderr[-2000:]
+        assert "run/index/index.json" in keys(srv, "out", "run/index/")
+        via = cli("neighbors", "s3://out/run", "chelsea_cat.JPG", "-k", "3")
+        exact = cli("neighbors", "s3://out/run", "chelsea_cat.JPG", "-k", "3", "--exact")
+        assert via.returncode == 0 and exact.returncode == 0, via.stderr + exact.stderr
+        assert "ivf" not in via.stdout and "index over 4-d PCA codes" in via.stdout
+        assert via.stdout.splitlines()[1:] == exact.stdout.splitlines()[1:]
+        assert via.stdout.splitlines()[1].split() == ["1", "1.0000", "copy_of_cat.jpg"]
+        assert len(list(cache.iterdir())) == 1   # one output, one local copy
+        assert cli("index", "s3://out/run", "--rebuild", "--kind", "flat").returncode == 0
+        again = cli("neighbors", "s3://out/run", "chelsea_cat.JPG", "-k", "3")
+        assert "index over 4096-d fc7" in again.stdout, again.stdout   # the copy followed
+        dups = cli("neighbors", "s3://out/run", "--duplicates", "0.9999")
+        assert dups.returncode == 0, dups.stderr[-2000:]
+        assert "wrote 1 pairs to s3://out/run/index/duplicates.parquet" in dups.stdout
+        assert srv.storage_options["secret"] not in via.stdout + via.stderr + dups.stdout
