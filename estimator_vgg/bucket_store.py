@@ -25,6 +25,7 @@ features/ then holds exactly the committed parts. Light at import.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -39,7 +40,8 @@ from estimator_vgg.lease import Lease, LeaseHeld
 from estimator_vgg.manifest import (ERRORS, FEATURES, LIST_COPY, MANIFEST, Fingerprint,
                                     Manifest, ManifestError, OutputError, PartRecord, RunRecord,
                                     part_name)
-from estimator_vgg.output import COMMITS, commit_name, read_output_manifest
+from estimator_vgg.output import (COMMITS, SEGMENT, commit_name, read_output_manifest,
+                                  segment_name)
 from estimator_vgg.storage import Bucket, Exists, StorageError, is_store
 from estimator_vgg.store import INDEX, Store, check_resumable, new_output_id
 
@@ -93,6 +95,7 @@ class BucketStore:
         self.run_id = run_id or uuid.uuid4().hex[:16]
         self.manifest: Optional[Manifest] = None
         self.lease: Optional[Lease] = None
+        self._recent = collections.deque(maxlen=SEGMENT)   # this run's latest records
 
     @property
     def parts(self) -> List[PartRecord]:
@@ -207,7 +210,22 @@ class BucketStore:
         self.manifest.commits = seq + 1
         self.parts.append(part)
         self.parts.sort(key=lambda p: p.index)
+        self._recent.append(json.loads(body))
+        if (seq + 1) % SEGMENT == 0:
+            self._write_segment(seq // SEGMENT)
         fault("manifest")
+
+    def _write_segment(self, block: int) -> None:
+        """A complete block of records in one object, for readers (created once; its records
+        stay the truth, so a segment that cannot be written costs readers time, not rows)."""
+        records = list(self._recent)
+        if len(records) != SEGMENT or records[0]["seq"] != block * SEGMENT:
+            return   # this run did not make the whole block: readers read its records
+        try:
+            self.loc.create(segment_name(block), json.dumps(records).encode())
+        except (Exists, StorageError) as e:
+            log.warning("could not write %s (readers will read its records one by one): %s",
+                        self.loc.url(segment_name(block)), e)
 
     def finish(self, run: RunRecord, complete: bool) -> None:
         self.manifest.runs.append(run)

@@ -40,8 +40,17 @@ def read_jsonl(data: str) -> List[str]:
 COMMITS = "_commits/"    # on an object store: the numbered commit records (bucket_store.py)
 
 
+SEGMENT = 256            # records also gathered, block by block, in one object each
+
+
 def commit_name(seq: int) -> str:
     return f"{COMMITS}{seq:012d}.json"
+
+
+def segment_name(block: int) -> str:
+    """The object holding records block * SEGMENT .. (block + 1) * SEGMENT - 1, written once
+    the block is complete, so a reader fetches a long run's records a block at a time."""
+    return f"{COMMITS}block-{block:09d}.json"
 
 
 def read_output_manifest(loc) -> Optional[Manifest]:
@@ -66,22 +75,33 @@ def read_output_manifest(loc) -> Optional[Manifest]:
 
 
 def _records(loc, seq: int, window: int = 16) -> Iterator[dict]:
-    """The commit records from `seq` on, `window` requests in flight at a time."""
+    """The commit records from `seq` on, read by key: whole blocks from their segment
+    objects, the rest one by one, `window` requests in flight at a time, until the first
+    record that does not exist."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def get(n):
+    def get(name):
         try:
-            return json.loads(loc.read(commit_name(n)))
+            return json.loads(loc.read(name))
         except FileNotFoundError:
             return None
 
     with ThreadPoolExecutor(window) as pool:
+        while seq % SEGMENT == 0:
+            block = get(segment_name(seq // SEGMENT))
+            if block is None:
+                break
+            yield from block
+            seq += len(block)
         while True:
-            for record in pool.map(get, range(seq, seq + window)):
+            for record in pool.map(get, map(commit_name, range(seq, seq + window))):
                 if record is None:
                     return
                 yield record
-            seq += window
+                seq += 1
+                if seq % SEGMENT == 0:   # a complete block: its segment, if written
+                    yield from _records(loc, seq, window)
+                    return
 
 
 class Output:

@@ -57,7 +57,11 @@ def _empty(client) -> None:
         name = b["Name"]
         for u in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
             client.abort_multipart_upload(Bucket=name, Key=u["Key"], UploadId=u["UploadId"])
-        for page in client.get_paginator("list_object_versions").paginate(Bucket=name):
-            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                client.delete_object(Bucket=name, Key=v["Key"], VersionId=v["VersionId"])
+        while True:   # a page at a time, until none is left (versions included)
+            page = client.list_object_versions(Bucket=name)
+            found = page.get("Versions", []) + page.get("DeleteMarkers", [])
+            if not found:
+                break
+            client.delete_objects(Bucket=name, Delete={"Objects": [
+                {"Key": v["Key"], "VersionId": v["VersionId"]} for v in found[:1000]]})
         client.delete_bucket(Bucket=name)

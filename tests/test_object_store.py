@@ -332,3 +332,27 @@ def test_index_and_neighbors_read_an_output_on_s3(tmp_path):
         assert dups.returncode == 0, dups.stderr[-2000:]
         assert "wrote 1 pairs to s3://out/run/index/duplicates.parquet" in dups.stdout
         assert srv.storage_options["secret"] not in via.stdout + via.stderr + dups.stdout
+
+
+def test_a_long_run_killed_before_its_manifest_reads_back_from_blocks_of_records(tmp_path):
+    """300 parts committed, then killed before manifest.json was rewritten: the records are
+    the truth; the first 256 are also in one block object (one read instead of 256), and
+    without it the records alone give the same parts."""
+    from types import SimpleNamespace
+
+    from estimator_vgg.output import read_output_manifest, segment_name
+    from estimator_vgg.storage import location
+
+    with s3({"out/.keep": b""}) as srv:
+        args = [ROOT / "tests" / "store_driver.py", "s3://out/long",
+                json.dumps(srv.storage_options), 300, 1]
+        r = run_py(*args, env={"ESTIMATOR_VGG_FAULT": "manifest_json:2"})
+        assert r.returncode == -9, r.stderr[-2000:]
+        loc = location("s3://out/long", SimpleNamespace(storage_options=srv.storage_options))
+        assert loc.exists(segment_name(0)) and not loc.exists(segment_name(1))
+        parts = read_output_manifest(loc).parts
+        assert [p.index for p in parts] == list(range(300))
+        loc.delete(segment_name(0))
+        assert read_output_manifest(loc).parts == parts
+        assert run_py(*args).returncode == 0   # resumes: nothing left to commit
+        assert len(read_output_manifest(loc).parts) == 300
