@@ -98,6 +98,13 @@ def test_an_output_on_s3_equals_the_local_output_bit_for_bit(tmp_path, local, fm
         again = job(tmp_path, "s3://out/run", f"output.format={fmt}",
                     storage_options=srv.storage_options)
         assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
+        if fmt == "csv":   # compare reads it too: the local output and the bucket agree
+            tmp_local = tmp_path / "here"
+            assert job(tmp_path, tmp_local, f"output.format={fmt}").returncode == 0
+            c = run_py("-m", "estimator_vgg", "compare", tmp_local, "s3://out/run",
+                       "--max-rel-l2", "0", "--storage-options",
+                       json.dumps(srv.storage_options))
+            assert c.returncode == 0 and "AGREE" in c.stdout, c.stdout + c.stderr
 
 
 def test_an_s3_output_needs_the_remote_extra_and_a_store_with_create_only_writes(tmp_path):
