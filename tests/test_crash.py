@@ -62,6 +62,34 @@ def test_a_killed_job_resumes_to_the_uninterrupted_output(fault, crash_inputs, u
     _same_output(out, uninterrupted)
 
 
+# Kills at points drawn at random, from a seed the run logs (set ESTIMATOR_VGG_CRASH_SEED to
+# replay one): each CI run kills the job somewhere else. The job reaches each point at least
+# this often with 9 files in 5 parts of 2 and 2 towers of batch 1.
+CRASH_SEED = int(os.environ.get("ESTIMATOR_VGG_CRASH_SEED") or time.time_ns() % 100_000)
+REACHED = {"batch": 4, "features_tmp": 5, "part_files": 5, "manifest": 5}
+
+
+def _drawn(seed: int, n: int = 2):
+    import random
+    rnd = random.Random(seed)
+    points = sorted(REACHED)
+    return [f"{p}:{rnd.randint(1, REACHED[p])}" for p in (rnd.choice(points) for _ in range(n))]
+
+
+@pytest.mark.parametrize("draw", [0, 1])
+def test_a_job_killed_at_a_point_drawn_from_a_seed_resumes_to_the_uninterrupted_output(
+        draw, crash_inputs, uninterrupted, tmp_path):
+    fault = _drawn(CRASH_SEED)[draw]
+    print(f"ESTIMATOR_VGG_CRASH_SEED={CRASH_SEED}: killed at {fault}")
+    replay = f"(kill at {fault}; replay with ESTIMATOR_VGG_CRASH_SEED={CRASH_SEED})"
+    out = tmp_path / "out"
+    killed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2", fault=fault)
+    assert killed.returncode == -signal.SIGKILL, (replay, killed.stderr[-2000:])
+    resumed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2")
+    assert resumed.returncode == 3, (replay, resumed.stderr[-3000:])
+    _same_output(out, uninterrupted)
+
+
 @pytest.mark.parametrize("fmt", ["npy", "csv"])
 def test_a_killed_npy_or_csv_job_resumes_to_the_uninterrupted_output(fmt, crash_inputs,
                                                                     uninterrupted, tmp_path):
