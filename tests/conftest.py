@@ -161,6 +161,9 @@ QUICK = {
                       "_to_do"],
     "test_neighbors.py": ["test_pages_render_their_thumbnails_in_a_real_browser"],
     "test_parquet_layout.py": "*",
+    "test_option_goldens.py": ["test_the_option_fixtures_are_the_files_the_goldens_were_made_from",
+                               "test_each_preprocessing_option_set_in_the_config_gives_its_golden"
+                               "_vectors"],
     "test_index.py": ["test_approximate_kinds_find_the_exact_neighbours_and_the_planted_duplicates"
                       "[ivf]",
                       "test_auto_picks_the_kind_from_rows_and_memory_and_says_why",
