@@ -22,7 +22,6 @@ JPEG and WebP encoders differ between Pillow versions: the goldens are tied to t
 bytes, so regenerate these only together with the goldens
 (`.venv/bin/python tools/make_golden.py options`), and say why in the commit.
 """
-import io
 from pathlib import Path
 
 import numpy as np
