@@ -177,6 +177,9 @@ QUICK = {
         "test_inputs_that_cannot_be_read_exit_2_naming_them", "test_nan_rows_fail_every_threshold",
         "test_assert_features_close_fails_naming_the_worst_rows_and_the_tolerance",
         "test_assert_features_close_takes_matrices_dataframes_and_golden_files"],
+    "test_option_goldens.py": ["test_the_option_fixtures_are_the_files_the_goldens_were_made_from",
+                               "test_each_preprocessing_option_set_in_the_config_gives_its_golden"
+                               "_vectors"],
     "test_index.py": ["test_approximate_kinds_find_the_exact_neighbours_and_the_planted_duplicates"
                       "[ivf]",
                       "test_auto_picks_the_kind_from_rows_and_memory_and_says_why",
