@@ -178,3 +178,38 @@ def test_a_listed_part_missing_on_disk_says_the_output_is_damaged_and_what_to_do
         read_features(out)
     fixed = job(tmp_path, imgs, out, "output.rows_per_part=2", "--overwrite")
     assert fixed.returncode == 0 and len(read_features(out)[0]) == 4
+
+
+def test_a_disk_that_fills_mid_part_stops_the_job_and_a_rerun_completes(crash_inputs,
+                                                                        uninterrupted,
+                                                                        tmp_path):
+    """output.dir on a small filesystem (a tmpfs, which root mounts; elsewhere the test
+    skips saying why) that fills up during the third part: the job stops naming the file and
+    what to do, nothing half-written is left or listed; with space freed, a rerun completes
+    to the uninterrupted output."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(out)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        from conftest import MOUNT_SKIP
+        pytest.skip(f"{MOUNT_SKIP} here: {mount.stderr.strip() or mount.returncode}")
+    try:
+        full = job(tmp_path, crash_inputs, out, "output.rows_per_part=2")
+        assert full.returncode == 1, full.stderr[-3000:]
+        assert "no space left on the device of" in full.stderr, full.stderr[-2000:]
+        assert "rerun the same command to resume" in full.stderr
+        assert not list(out.rglob("*.tmp"))          # nothing half-written left behind
+        from estimator_vgg.output import read_features
+        paths, _ = read_features(out)                 # what is listed reads whole
+        n = len(paths)
+        assert 0 < n < len(uninterrupted[0]), n
+        assert paths == uninterrupted[0]["path"].tolist()[:n]
+        grow = subprocess.run(["mount", "-o", "remount,size=20m", str(out)],
+                              capture_output=True, text=True)
+        assert grow.returncode == 0, grow.stderr
+        resumed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2")
+        assert resumed.returncode == 3, resumed.stderr[-3000:]
+        _same_output(out, uninterrupted)
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)
