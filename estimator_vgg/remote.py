@@ -94,7 +94,13 @@ def _filesystem(s: str, options: str, timeout_s: float):
         cfg = dict(opts.pop("config_kwargs", {}) or {})
         cfg.setdefault("connect_timeout", timeout_s)
         cfg.setdefault("read_timeout", timeout_s)
-        return fsspec.filesystem("s3", config_kwargs=cfg, **opts)
+        # One attempt per request (botocore and s3fs would otherwise retry 5 x 5 times
+        # themselves): the retries are _retried's, so `retries` and `request_timeout_s` bound
+        # how long a failing store can hold the job.
+        cfg.setdefault("retries", {"total_max_attempts": 1})
+        fs = fsspec.filesystem("s3", config_kwargs=cfg, **opts)
+        fs.retries = 1
+        return fs
     if s in ("gs", "gcs"):
         opts.setdefault("timeout", timeout_s)
         return fsspec.filesystem("gs", **opts)
@@ -109,6 +115,9 @@ def filesystem(input_cfg, uri: str):
 def _classify(e: BaseException) -> Tuple[str, str]:
     """(reason, message) of a failed request; reason `transient` is worth a retry."""
     status = getattr(e, "status", None) or getattr(e, "code", None)
+    answer = getattr(e.__cause__, "response", None)   # s3fs's OSError from botocore's answer
+    if status is None and isinstance(answer, dict):
+        status = answer.get("ResponseMetadata", {}).get("HTTPStatusCode")
     message = redact(f"{type(e).__name__}: {e}")
     if isinstance(e, FileNotFoundError) or status in (404, 410):
         return "missing", message
@@ -123,6 +132,11 @@ def _classify(e: BaseException) -> Tuple[str, str]:
         import aiohttp
         transient += (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
                       asyncio.TimeoutError)
+    except ImportError:
+        pass
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+        transient += (BotoConnectionError, HTTPClientError)   # refused, reset, closed, timed out
     except ImportError:
         pass
     try:
