@@ -121,7 +121,8 @@ def _classify(e: BaseException) -> Tuple[str, str]:
     message = redact(f"{type(e).__name__}: {e}")
     if isinstance(e, FileNotFoundError) or status in (404, 410):
         return "missing", message
-    if isinstance(e, PermissionError) or status in (401, 403):
+    forbidden = isinstance(e, OSError) and str(e).startswith("Forbidden: ")   # gcsfs's 403
+    if isinstance(e, PermissionError) or status in (401, 403) or forbidden:
         return "permission_denied", message
     if isinstance(status, int):
         return ("transient" if status >= 500 or status in (408, 429) else "read_error"), message
