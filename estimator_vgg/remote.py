@@ -11,6 +11,7 @@ URL query strings (presigned signatures) are cut from every text this module pro
 from __future__ import annotations
 
 import functools
+import io
 import json
 import re
 import time
@@ -179,15 +180,27 @@ def size(input_cfg, uri: str) -> int:
     return _retried(input_cfg, lambda: int(fs.size(uri)))
 
 
-class RangeFile:
+class RangeFile(io.RawIOBase):
     """A read-only, seekable file over a remote object, read in blocks of `block` bytes by
     fetch() (so every request has its timeout and its retries): what tarfile reads headers
-    through."""
+    through, and pyarrow and the part readers read an output's objects through."""
 
     def __init__(self, input_cfg, uri: str, total: int, block: int = 1 << 20):
+        super().__init__()
         self.cfg, self.uri, self.total, self.block = input_cfg, uri, total, block
         self.pos = 0
         self._cache: dict = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(memoryview(buf).cast("B")))
+        memoryview(buf).cast("B")[:len(data)] = data
+        return len(data)
 
     def _block(self, k: int) -> bytes:
         if k not in self._cache:
@@ -218,12 +231,7 @@ class RangeFile:
 
     def close(self) -> None:
         self._cache.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().close()
 
 
 def list_prefix(input_cfg, prefix: str) -> List[str]:
@@ -231,11 +239,10 @@ def list_prefix(input_cfg, prefix: str) -> List[str]:
     fs = filesystem(input_cfg, prefix)
     root = fs._strip_protocol(prefix).rstrip("/")
     try:
-        found = fs.find(root)
-    except Exception as e:  # noqa: BLE001
-        reason, message = _classify(e)
+        found = _retried(input_cfg, lambda: fs.find(root))
+    except FetchError as e:
         from estimator_vgg.listing import ListingError
-        raise ListingError(f"cannot list {redact(prefix)} ({reason}: {message}); check the "
+        raise ListingError(f"cannot list {redact(prefix)} ({e.reason}: {e.message}); check the "
                            f"prefix, its permissions and input.storage_options") from None
     return sorted(f[len(root) + 1:] for f in found if f.startswith(root + "/"))
 
