@@ -62,15 +62,14 @@ def probe_create_only(bucket: Bucket) -> float:
     probe object's last-modified time). OutputError for a store that does not."""
     name = f"{PROBE}{uuid.uuid4().hex}"
     try:
-        try:
-            bucket.create(name, b"1")
-        except FileNotFoundError:
-            raise OutputError(f"output.dir {bucket}: its bucket does not exist; create it (the "
-                              f"job writes objects under the prefix, it makes no bucket)"
-                              ) from None
-        except StorageError as e:
-            raise OutputError(f"output.dir {bucket} cannot be written: {e}. Check the bucket, "
-                              f"the credentials and output.storage_options") from None
+        bucket.create(name, b"1")
+    except FileNotFoundError:
+        raise OutputError(f"output.dir {bucket}: its bucket does not exist; create it (the "
+                          f"job writes objects under the prefix, it makes no bucket)") from None
+    except StorageError as e:   # deleted only once created: a refused delete would hide this
+        raise OutputError(f"output.dir {bucket} cannot be written: {e}. Check the bucket, "
+                          f"the credentials and output.storage_options") from None
+    try:
         try:
             bucket.create(name, b"2")
         except Exists:

@@ -196,9 +196,12 @@ class Bucket:
         return self._call("reading", name, lambda: self.fs.cat_file(self.key(name)))
 
     def open(self, name: str):
-        """A seekable binary file over the object, read in ranged requests."""
-        return self._call("opening", name, lambda: self.fs.open(
-            self.key(name), "rb", block_size=1 << 20, cache_type="readahead"))
+        """A seekable binary file over the object, read in ranged requests of 1 MiB, each with
+        the output's timeout and retries (remote.RangeFile)."""
+        info = self.info(name)
+        if info is None:
+            raise FileNotFoundError(f"{self.url(name)} does not exist")
+        return remote.RangeFile(self.cfg, f"{self.uri}/{name}", info["size"])
 
     def info(self, name: str) -> Optional[dict]:
         """size, etag, version and mtime (the store's clock) of an object, fresh; None when
