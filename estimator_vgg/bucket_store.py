@@ -21,7 +21,9 @@ never per part, so a commit writes one small record however many parts there are
 the store is probed for create-only writes (a store that accepts a second create of one key is
 refused), a lease is taken (lease.py), multipart uploads left by a killed run are aborted and
 objects of parts never committed are deleted; when a run completes they are deleted again, so
-features/ then holds exactly the committed parts. Light at import.
+features/ then holds exactly the committed parts (unless a shard of a killed run, still
+dying, writes after that; readers of this package never look at such an object, and the next
+run removes it). Light at import.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from estimator_vgg.lease import Lease, LeaseHeld
 from estimator_vgg.manifest import (ERRORS, FEATURES, LIST_COPY, MANIFEST, Fingerprint,
                                     Manifest, ManifestError, OutputError, PartRecord, RunRecord,
                                     part_name)
-from estimator_vgg.output import (COMMITS, SEGMENT, commit_name, read_output_manifest,
+from estimator_vgg.output import (COMMITS, SEGMENT, Output, commit_name, read_output_manifest,
                                   segment_name)
 from estimator_vgg.storage import Bucket, Exists, StorageError, is_store
 from estimator_vgg.store import INDEX, Store, check_resumable, new_output_id
@@ -125,10 +127,11 @@ class BucketStore:
             if old is not None:
                 check_resumable(old, fingerprint, self.loc)
                 self.manifest = old
-            elif self.loc.list(FEATURES) or self.loc.list(ERRORS):
-                raise OutputError(f"output.dir {self.loc} has features/ or errors/ but no "
-                                  f"{MANIFEST}, so it was not written by this job; use another "
-                                  f"output.dir or set output.overwrite=true to replace them")
+            elif self.loc.list(FEATURES) or self.loc.list(ERRORS) or self.loc.list(COMMITS):
+                raise OutputError(f"output.dir {self.loc} has features/, errors/ or _commits/ "
+                                  f"but no {MANIFEST}, so it was not written by this job (or "
+                                  f"its manifest was deleted); use another output.dir or set "
+                                  f"output.overwrite=true to replace them")
         if self.manifest is None:
             self.manifest = Manifest(fingerprint=fingerprint, commits=0)
         if not self.manifest.output_id:
@@ -148,12 +151,15 @@ class BucketStore:
         log.info("output.overwrite: deleted the output in %s", self.loc)
 
     def committed(self) -> set:
-        return {r["key"] for p in self.parts if p.objects
-                for r in p.objects["features"] + [p.objects["errors"]]}
+        """The names of every committed part's files (the objects its record names, or the
+        fixed names of a part a folder committed, for an output copied to the store)."""
+        output = Output(self.loc, self.manifest)
+        return {name for p in self.parts for name in output.part_files(p.index)}
 
     def remove_uncommitted(self) -> None:
         """Abort the multipart uploads a killed run left, and delete the objects of parts no
-        commit names (readers never look at them; afterwards features/ is the table)."""
+        commit names (readers never look at them; afterwards features/ is the table). Only
+        while this run holds the lease (its check comes first)."""
         aborted = self.loc.abort_uploads()
         if aborted:
             log.info("aborted %d multipart uploads left by a run that was stopped", aborted)
@@ -227,12 +233,16 @@ class BucketStore:
                         self.loc.url(segment_name(block)), e)
 
     def finish(self, run: RunRecord, complete: bool) -> None:
+        try:
+            self.lease.check()   # a run whose lease lapsed touches nothing any more
+        except LeaseHeld as e:
+            raise OutputError(str(e)) from None
         self.manifest.runs.append(run)
         self.manifest.status = "complete" if complete else "incomplete"
         self.manifest.totals = self.manifest.count()
         self._write_manifest()
-        if complete:
-            self.remove_uncommitted()   # what shards of this run wrote and no commit named
+        if complete:   # what shards wrote and no commit named (a retried shard's first try)
+            self.remove_uncommitted()
         self.close()
 
     def close(self) -> None:

@@ -366,6 +366,8 @@ class IndexBuilder:
         commit_file(self.dir / PATHS, lambda f: pq.write_table(table, f))
         (self.dir / DUPLICATES).unlink(missing_ok=True)   # its pairs are of fewer rows
         record.updated = _now()
+        record.files = {f: (self.dir / f).stat().st_size for f in FILES
+                        if f != RECORD and (self.dir / f).is_file()}
         text = record.to_json()
         commit_file(self.dir / RECORD, lambda f: f.write(text))
         publish(self.output, self.dir, FILES)

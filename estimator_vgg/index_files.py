@@ -28,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -102,6 +102,12 @@ def local_dir(output, fetch: bool = True) -> Path:
         except FileNotFoundError:
             continue
         commit_file(d / name, lambda f, data=data: f.write(data))
+    sizes = (json.loads(record).get("files") or {})
+    if any(not (d / n).is_file() or (d / n).stat().st_size != size for n, size in sizes.items()) \
+            or output.loc.read(f"{INDEX_DIR}/{RECORD}") != record:
+        raise SearchError(f"the index under {output.loc}/{INDEX_DIR} is not the one its "
+                          f"{RECORD} describes (a build is writing it, or was stopped while "
+                          f"writing it): run `estimator-vgg index {output.loc}` again, or wait")
     commit_file(d / RECORD, lambda f: f.write(record))   # last: the copy is what it says
     return d
 
@@ -142,6 +148,9 @@ class Record:
     built: str
     updated: str
     version: int = RECORD_VERSION
+    # the size of each file the record describes: a copy fetched from a store is checked
+    # against it (a build stopped while publishing, or publishing now, leaves other files)
+    files: Optional[Dict[str, int]] = None
 
     @property
     def rows(self) -> int:

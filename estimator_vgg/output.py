@@ -75,9 +75,9 @@ def read_output_manifest(loc) -> Optional[Manifest]:
 
 
 def _records(loc, seq: int, window: int = 16) -> Iterator[dict]:
-    """The commit records from `seq` on, read by key: whole blocks from their segment
-    objects, the rest one by one, `window` requests in flight at a time, until the first
-    record that does not exist."""
+    """The commit records from `seq` on, read by key: whole blocks from their block objects
+    where they exist, the rest one by one, `window` requests in flight at a time, until the
+    first record that does not exist."""
     from concurrent.futures import ThreadPoolExecutor
 
     def get(name):
@@ -87,21 +87,19 @@ def _records(loc, seq: int, window: int = 16) -> Iterator[dict]:
             return None
 
     with ThreadPoolExecutor(window) as pool:
-        while seq % SEGMENT == 0:
-            block = get(segment_name(seq // SEGMENT))
-            if block is None:
-                break
-            yield from block
-            seq += len(block)
         while True:
-            for record in pool.map(get, map(commit_name, range(seq, seq + window))):
+            block = get(segment_name(seq // SEGMENT)) if seq % SEGMENT == 0 else None
+            if block is not None:
+                yield from block
+                seq += len(block)
+                continue
+            # one by one, up to the next block's start
+            names = map(commit_name, range(seq, seq + min(window, SEGMENT - seq % SEGMENT)))
+            for record in pool.map(get, names):
                 if record is None:
                     return
                 yield record
                 seq += 1
-                if seq % SEGMENT == 0:   # a complete block: its segment, if written
-                    yield from _records(loc, seq, window)
-                    return
 
 
 class Output:
@@ -135,11 +133,6 @@ class Output:
         name = part_name(index)
         return ([f"{FEATURES}/{name}{s}" for s in FEATURE_SUFFIXES[self.fmt]]
                 + [f"{ERRORS}/{name}.parquet"])
-
-    def features_file(self, index: int):
-        """Part `index`'s fc7 file: a local path, or its name on the store."""
-        name = self.part_files(index)[0]
-        return self.loc.path(name) if not self.loc.remote else name
 
     def open_features(self, index: int):
         """Part `index`'s features file, open for reading bytes (seekable)."""

@@ -5,12 +5,13 @@ only the data pages that hold them.
     rows = read_rows(fh, [17, 903])   # fc7 [2, 4096] float32, or None: read the part whole
 
 A search that re-scores a few candidates on an output written by an earlier release reads a
-page (about 1 MiB) per row instead of the whole part (16 MiB and more). The page headers
+page (about 1 MiB) per row instead of the whole part (16 MiB and more) from a local folder
+(on an object store the walk over the page headers reads most of the part's blocks). The page headers
 (Thrift compact protocol) are walked from the column chunk's start; a data page v1 is
 decompressed (pyarrow's codecs), its repetition and definition levels skipped (fc7 has no
 nulls: 4096 values a row) and its values decoded, PLAIN or from the dictionary page
-(RLE/bit-packed indices). Anything else (a data page v2, nulls, an unknown encoding or codec)
-returns None, and the caller reads the part whole. Light at import.
+(RLE/bit-packed indices). Anything else (a data page v2, nulls or no null count, an unknown
+encoding or codec) returns None, and the caller reads the part whole. Light at import.
 """
 from __future__ import annotations
 
@@ -127,6 +128,9 @@ class _Chunk:
     def __init__(self, fh, meta, max_rep: int, max_def: int):
         if meta.compression not in CODECS:
             raise _Unreadable(meta.compression)
+        st = meta.statistics   # no nulls, or a row's 4096 values are not where counted
+        if st is None or not st.has_null_count or st.null_count != 0:
+            raise _Unreadable("nulls, or no null count")
         import pyarrow as pa
         self.fh, self.max_rep, self.max_def = fh, max_rep, max_def
         self.codec = pa.Codec(CODECS[meta.compression]) if CODECS[meta.compression] else None

@@ -63,11 +63,6 @@ def open_output(where, storage_options: Optional[dict] = None):
     return Output(loc, manifest)
 
 
-def manifest_of(where, storage_options: Optional[dict] = None) -> Manifest:
-    """The output's manifest, or SearchError saying what the folder is not."""
-    return open_output(where, storage_options).manifest
-
-
 def not_a_query(out_dir, query: str) -> str:
     return (f"{query!r} is neither a path in {out_dir}'s features (relative to input.dir, as "
             f"in the `path` column) nor an image file")

@@ -213,15 +213,18 @@ def test_a_lease_held_on_another_machine_is_taken_over_once_it_expires(tmp_path,
     with s3({"out/.keep": b""}) as srv:
         opts = srv.storage_options
         held = {"run_id": "r-elsewhere", "host": "another-machine", "pid": 4242,
-                "since": "2026-12-06T10:00:00", "period_s": 3}
+                "since": "2026-12-06T10:00:00", "period_s": 60}
         srv.client.put_object(Bucket="out", Key="run/_lease/00000000.json",
                               Body=json.dumps(held).encode())
-        refused = job(tmp_path, "s3://out/run", "output.lease_s=3", storage_options=opts)
+        refused = job(tmp_path, "s3://out/run", storage_options=opts)
         assert refused.returncode == 1, refused.stderr[-2000:]
         assert ("run r-elsewhere of pid 4242 on another-machine" in refused.stderr
                 and "output.break_lease=true" in refused.stderr), refused.stderr[-2000:]
-        time.sleep(4.5)   # past its period (last-modified has a resolution of a second)
-        r = job(tmp_path, "s3://out/run", "output.lease_s=3", storage_options=opts)
+        # the same lease with a period of 2 s, last refreshed now: a rerun 3 s later takes it
+        srv.client.put_object(Bucket="out", Key="run/_lease/00000000.json",
+                              Body=json.dumps({**held, "period_s": 2}).encode())
+        time.sleep(3)   # past its period (last-modified has a resolution of a second)
+        r = job(tmp_path, "s3://out/run", storage_options=opts)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "not refreshed for" in r.stderr
         assert rows("s3://out/run", opts) == local["parquet"]
@@ -363,3 +366,30 @@ def test_a_long_run_killed_before_its_manifest_reads_back_from_blocks_of_records
         assert read_output_manifest(loc).parts == parts
         assert run_py(*args).returncode == 0   # resumes: nothing left to commit
         assert len(read_output_manifest(loc).parts) == 300
+
+
+def test_an_output_copied_from_a_folder_to_a_bucket_resumes_there_and_keeps_its_parts(
+        tmp_path):
+    """A folder output copied to a bucket (its parts under their fixed names, no objects in
+    its records) resumes there: its parts are kept and read, new images add new parts."""
+    import shutil
+
+    imgs = tmp_path / "imgs"
+    shutil.copytree(DEMO, imgs, ignore=shutil.ignore_patterns("*.md"))
+    folder = tmp_path / "folder"
+    assert job(tmp_path, folder, input_dir=imgs).returncode == 0
+    with s3({"out/.keep": b""}) as srv:
+        for f in folder.rglob("*"):
+            if f.is_file() and f.name != ".lock":
+                srv.client.put_object(Bucket="out", Key=f"copied/{f.relative_to(folder)}",
+                                      Body=f.read_bytes())
+        before = keys(srv, "out", "copied/features/")
+        shutil.copy(DEMO / "chelsea_cat.JPG", imgs / "zz_new.jpg")
+        r = job(tmp_path, "s3://out/copied", storage_options=srv.storage_options,
+                input_dir=imgs)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "1 to do" in r.stderr
+        assert set(before) < set(keys(srv, "out", "copied/features/"))
+        paths, fc7, _ = rows("s3://out/copied", srv.storage_options)
+        old_paths, old_fc7, _ = rows(folder)
+        assert paths == old_paths + ["zz_new.jpg"] and fc7[:-1] == old_fc7
