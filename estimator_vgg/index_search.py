@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from estimator_vgg.index_files import (CODES, OFFSETS, RECORD, TRANSFORM, VECTORS, Codes, Pca,
-                                       Record, check_belongs, import_faiss, load_paths,
+from estimator_vgg.index_files import (CODES, OFFSETS, PATHS, RECORD, TRANSFORM, VECTORS, Codes,
+                                       Pca, Record, check_belongs, import_faiss, load_paths,
                                        local_dir, set_nprobe)
 from estimator_vgg.output import Output
 from estimator_vgg.parquet_layout import RowReader
@@ -47,6 +47,7 @@ class SearchIndex(Searcher):
         self._faiss, self._idx = faiss, idx
         self._codes_of = Codes(transform)
         self._paths: Optional[List[str]] = None
+        self._column = None                       # the path column, as Arrow holds it
         self._row_of: Optional[Dict[str, int]] = None
         self._extra_paths: Optional[List[str]] = None
         self._extra: Optional[Tuple[np.ndarray, np.ndarray]] = None
@@ -77,9 +78,20 @@ class SearchIndex(Searcher):
 
     @property
     def paths(self) -> List[str]:
+        """Every indexed row's path, as a list (read_column() is what searches use)."""
         if self._paths is None:
             self._paths = load_paths(self.dir)
         return self._paths
+
+    def read_column(self):
+        """The indexed rows' paths as an Arrow column: found and taken without making a
+        Python string of each (a query by path at a million rows)."""
+        if self._column is None:
+            import pyarrow.parquet as pq
+            f = self.dir / PATHS
+            self._column = (pq.read_table(f, columns=["path"]).column("path") if f.is_file()
+                            else None)
+        return self._column
 
     def set_nprobe(self, nprobe: int) -> None:
         set_nprobe(self._faiss, self._idx, nprobe)
@@ -161,7 +173,9 @@ class SearchIndex(Searcher):
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
     def path_of(self, i: int) -> str:
-        return self.paths[i] if i < self.rows else self.extra_paths()[i - self.rows]
+        if i >= self.rows:
+            return self.extra_paths()[i - self.rows]
+        return self._paths[i] if self._paths is not None else self.read_column()[i].as_py()
 
     def _matches(self, scores, ids, exclude: Optional[int] = None, k: int = 10) -> List[Match]:
         out = [Match(self.path_of(int(i)), float(s)) for s, i in zip(scores, ids)
@@ -176,13 +190,26 @@ class SearchIndex(Searcher):
         return [self._matches(s, i, k=k) for s, i in zip(scores, ids)]
 
     def row_of(self, path: str) -> Optional[int]:
-        if self._row_of is None:
-            self._row_of = {p: i for i, p in enumerate(self.paths)}
-            for j, p in enumerate(self.extra_paths()):
-                self._row_of.setdefault(p, self.rows + j)
-        return self._row_of.get(path)
+        if self._row_of is not None:      # many lookups: a dictionary, made once
+            return self._row_of.get(path)
+        import pyarrow.compute as pc
+        column = self.read_column()
+        i = pc.index(column, path).as_py() if column is not None and self.rows else -1
+        if i >= 0:
+            return i
+        extra = self.extra_paths()
+        return self.rows + extra.index(path) if path in extra else None
+
+    def _rows_of_many(self) -> None:
+        self._row_of = {}
+        for i, p in enumerate(self.paths):   # the first row of a path, as pc.index finds
+            self._row_of.setdefault(p, i)
+        for j, p in enumerate(self.extra_paths()):
+            self._row_of.setdefault(p, self.rows + j)
 
     def search_paths(self, paths: Sequence[str], k: int = 10) -> List[List[Match]]:
+        if len(paths) > 8 and self._row_of is None:
+            self._rows_of_many()
         rows = []
         for p in paths:
             i = self.row_of(p)
@@ -277,7 +304,10 @@ def load_index(where, rescore: bool = True, manifest=None,
                           f"missing): build it with `estimator-vgg index {out_dir}`")
     faiss = import_faiss()
     stale = check_belongs(record, manifest, out_dir)
-    idx = faiss.read_index(str(d / VECTORS))
+    try:   # mapped, not read: a query touches the lists it probes (a million rows: 1 GB)
+        idx = faiss.read_index(str(d / VECTORS), faiss.IO_FLAG_MMAP)
+    except RuntimeError:   # a kind faiss cannot map
+        idx = faiss.read_index(str(d / VECTORS))
     if idx.ntotal != record.rows:
         raise SearchError(f"{d / VECTORS} holds {idx.ntotal} vectors but {d / RECORD} says "
                           f"{record.rows}: an index build was stopped; run `estimator-vgg "
