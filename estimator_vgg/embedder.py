@@ -82,6 +82,11 @@ class _Rows:
         return self.a if len(self.a) == n else self.a[:n].copy()
 
 
+def _shown() -> bool:
+    """Whether a bar is seen: in a notebook's kernel, or on a terminal (not a log file)."""
+    return "ipykernel" in sys.modules or (sys.stderr is not None and sys.stderr.isatty())
+
+
 class _Bar:
     """tqdm.auto's bar: a widget in a notebook with ipywidgets, text elsewhere (tqdm's warning
     that ipywidgets is missing is not shown: the text bar is the fallback)."""
@@ -238,8 +243,9 @@ class Embedder:
         last one shorter, as the job cuts one part: rows equal the job's to the bit.
         on_error: "raise" (EmbedError naming the first item that failed and its reason);
         "nan": its row is NaN and the call returns (fc7, [Failure, ...]).
-        progress: None, a tqdm.auto bar for calls longer than PROGRESS_DELAY_S; True, always;
-        False, none; or progress(done, total) after every batch (total None for a generator).
+        progress: None, a tqdm.auto bar for calls longer than PROGRESS_DELAY_S, in a notebook
+        or on a terminal; True, always; False, none; or progress(done, total) after every
+        batch (total None for a generator).
         """
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: choose one of {', '.join(ON_ERROR)}")
@@ -248,7 +254,7 @@ class Embedder:
         self._enter()
         bar = None
         try:
-            if progress is None or progress is True:
+            if progress is True or (progress is None and _shown()):
                 progress = bar = _Bar(total, 0.0 if progress else PROGRESS_DELAY_S)
             collect = self._call(items, total, on_error, progress or None)
         finally:

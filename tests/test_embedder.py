@@ -86,6 +86,7 @@ def test_one_call_of_the_demo_paths_equals_the_jobs_output_to_the_bit(emb, job):
     assert np.array_equal(again, want)
 
 
+@pytest.mark.slow
 def test_every_kind_of_item_gives_the_jobs_row(emb, job):
     """Absolute paths, pathlib paths, bytes of the file and arrays as TensorFlow's decoder
     returns them are the pixels the job decodes: its rows to the bit, whatever the mix."""
@@ -178,11 +179,10 @@ def test_on_error_nan_gives_nan_rows_and_the_reasons_beside_them(small, small_ro
     assert np.array_equal(fc7[good], small_rows[[paths.index(items[i]) for i in good]])
 
 
+@pytest.mark.slow
 def test_a_generator_streams_pulled_as_the_work_goes(small, small_rows, job):
     """Items are pulled from a generator only a bounded number ahead of the rows: a long
     generator of paths is never held, let alone decoded, at once."""
-    from estimator_vgg.config import load_config  # noqa: F401  (the bound below reads cfg)
-
     paths, n = job[0], 40
     pulled = []
     leads = []
