@@ -7,6 +7,7 @@ leaves no thread and no session behind. The README's lines in a real kernel:
 tests/test_notebook.py."""
 import json
 import os
+import signal
 import threading
 import time
 
@@ -249,8 +250,9 @@ def test_a_call_from_inside_a_call_is_refused(small, small_rows, job):
 
 
 def test_ctrl_c_in_a_call_leaves_the_embedder_usable(small, small_rows, job):
-    """KeyboardInterrupt from the items (a generator) or from the progress callback: the
-    call is given up, its rows still in the pipeline are dropped, the next call is whole."""
+    """KeyboardInterrupt from the items (a generator), from the progress callback, or a real
+    SIGINT while the call waits: the call is given up, its rows still in the pipeline are
+    dropped, the next call is whole."""
     paths = job[0]
 
     def items():
@@ -270,6 +272,19 @@ def test_ctrl_c_in_a_call_leaves_the_embedder_usable(small, small_rows, job):
     with pytest.raises(KeyboardInterrupt):
         small.embed(paths * 4, progress=progress)
     assert np.array_equal(small.embed(paths[::-1], progress=False), small_rows[::-1])
+
+    # a real SIGINT, sent to the main thread while the call waits for rows
+    started = threading.Event()
+    sender = threading.Thread(target=lambda: started.wait(60) and signal.pthread_kill(
+        threading.main_thread().ident, signal.SIGINT))
+    sender.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            small.embed(paths * 4, progress=lambda done, total: started.set())
+    finally:
+        started.set()
+        sender.join(60)
+    assert np.array_equal(small.embed(paths, progress=False), small_rows)
 
 
 def _threads():
