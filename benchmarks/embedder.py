@@ -9,7 +9,8 @@ devices.cpus=1: one tower, as the README's notebook snippet): the Embedder is op
 `list(est.predict(input_fn(cfg, [image]), ...))` with the same Estimator configuration and
 checkpoint. Both compute a batch of one, so their rows must be equal to the bit; the script
 checks it. Prints the CPU (lscpu's model, family/model and flags), the load average, the
-medians and the ratio of the medians and of the fastest calls.
+wall times and the process's CPU time per call, and the ratios: of the medians, of the
+fastest calls, of the CPU times (which other processes on the cores disturb least).
 """
 from __future__ import annotations
 
@@ -69,22 +70,27 @@ def main() -> None:
     first = warm(), cold()   # neither side's first call is timed
     assert np.array_equal(*first), "a batch of one differs between the two sides"
     times = {"embed": [], "predict": []}
+    cpu_s = {"embed": [], "predict": []}   # the process's CPU time, all threads
     with emb:
         for _ in range(args.reps):
             for name, fn in (("embed", warm), ("predict", cold)):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 row = fn()
                 times[name].append(time.perf_counter() - t)
+                cpu_s[name].append(time.process_time() - c)
                 assert np.array_equal(row, first[0]), f"{name}: the row changed"
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, v in times.items():
         print(f"{name:8s} median {med[name] * 1000:7.1f} ms  min {min(v) * 1000:7.1f} ms  "
-              f"max {max(v) * 1000:7.1f} ms  ({len(v)} calls)")
+              f"max {max(v) * 1000:7.1f} ms  CPU median "
+              f"{statistics.median(cpu_s[name]) * 1000:7.1f} ms  ({len(v)} calls)")
     least = {k: min(v) for k, v in times.items()}
+    spent = {k: statistics.median(v) for k, v in cpu_s.items()}
     print(f"warm Embedder vs predict() per call: {med['predict'] / med['embed']:.1f}x faster "
           f"by the medians, {least['predict'] / least['embed']:.1f}x by the fastest calls "
-          f"(the least disturbed on a shared machine); rows equal to the bit; load average "
-          f"{os.getloadavg()[0]:.2f} at the end")
+          f"(the least disturbed on a shared machine), {spent['predict'] / spent['embed']:.1f}x "
+          f"less CPU time; rows equal to the bit; load average {os.getloadavg()[0]:.2f} at "
+          f"the end")
 
 
 if __name__ == "__main__":
