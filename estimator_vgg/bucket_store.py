@@ -21,10 +21,13 @@ never per part, so a commit writes one small record however many parts there are
 the store is probed for create-only writes (a store that accepts a second create of one key is
 refused), a lease is taken (lease.py), multipart uploads left by a killed run are aborted and
 objects of parts never committed are deleted; when a run completes they are deleted again, so
-features/ then holds exactly the committed parts. Light at import.
+features/ then holds exactly the committed parts (unless a shard of a killed run, still
+dying, writes after that; readers of this package never look at such an object, and the next
+run removes it). Light at import.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -39,7 +42,8 @@ from estimator_vgg.lease import Lease, LeaseHeld
 from estimator_vgg.manifest import (ERRORS, FEATURES, LIST_COPY, MANIFEST, Fingerprint,
                                     Manifest, ManifestError, OutputError, PartRecord, RunRecord,
                                     part_name)
-from estimator_vgg.output import COMMITS, commit_name, read_output_manifest
+from estimator_vgg.output import (COMMITS, SEGMENT, Output, commit_name, read_output_manifest,
+                                  segment_name)
 from estimator_vgg.storage import Bucket, Exists, StorageError, is_store
 from estimator_vgg.store import INDEX, Store, check_resumable, new_output_id
 
@@ -61,6 +65,13 @@ def probe_create_only(bucket: Bucket) -> float:
     name = f"{PROBE}{uuid.uuid4().hex}"
     try:
         bucket.create(name, b"1")
+    except FileNotFoundError:
+        raise OutputError(f"output.dir {bucket}: its bucket does not exist; create it (the "
+                          f"job writes objects under the prefix, it makes no bucket)") from None
+    except StorageError as e:   # deleted only once created: a refused delete would hide this
+        raise OutputError(f"output.dir {bucket} cannot be written: {e}. Check the bucket, "
+                          f"the credentials and output.storage_options") from None
+    try:
         try:
             bucket.create(name, b"2")
         except Exists:
@@ -85,6 +96,7 @@ class BucketStore:
         self.run_id = run_id or uuid.uuid4().hex[:16]
         self.manifest: Optional[Manifest] = None
         self.lease: Optional[Lease] = None
+        self._recent = collections.deque(maxlen=SEGMENT)   # this run's latest records
 
     @property
     def parts(self) -> List[PartRecord]:
@@ -115,10 +127,11 @@ class BucketStore:
             if old is not None:
                 check_resumable(old, fingerprint, self.loc)
                 self.manifest = old
-            elif self.loc.list(FEATURES) or self.loc.list(ERRORS):
-                raise OutputError(f"output.dir {self.loc} has features/ or errors/ but no "
-                                  f"{MANIFEST}, so it was not written by this job; use another "
-                                  f"output.dir or set output.overwrite=true to replace them")
+            elif self.loc.list(FEATURES) or self.loc.list(ERRORS) or self.loc.list(COMMITS):
+                raise OutputError(f"output.dir {self.loc} has features/, errors/ or _commits/ "
+                                  f"but no {MANIFEST}, so it was not written by this job (or "
+                                  f"its manifest was deleted); use another output.dir or set "
+                                  f"output.overwrite=true to replace them")
         if self.manifest is None:
             self.manifest = Manifest(fingerprint=fingerprint, commits=0)
         if not self.manifest.output_id:
@@ -138,12 +151,15 @@ class BucketStore:
         log.info("output.overwrite: deleted the output in %s", self.loc)
 
     def committed(self) -> set:
-        return {r["key"] for p in self.parts if p.objects
-                for r in p.objects["features"] + [p.objects["errors"]]}
+        """The names of every committed part's files (the objects its record names, or the
+        fixed names of a part a folder committed, for an output copied to the store)."""
+        output = Output(self.loc, self.manifest)
+        return {name for p in self.parts for name in output.part_files(p.index)}
 
     def remove_uncommitted(self) -> None:
         """Abort the multipart uploads a killed run left, and delete the objects of parts no
-        commit names (readers never look at them; afterwards features/ is the table)."""
+        commit names (readers never look at them; afterwards features/ is the table). Only
+        while this run holds the lease (its check comes first)."""
         aborted = self.loc.abort_uploads()
         if aborted:
             log.info("aborted %d multipart uploads left by a run that was stopped", aborted)
@@ -199,15 +215,34 @@ class BucketStore:
         self.manifest.commits = seq + 1
         self.parts.append(part)
         self.parts.sort(key=lambda p: p.index)
+        self._recent.append(json.loads(body))
+        if (seq + 1) % SEGMENT == 0:
+            self._write_segment(seq // SEGMENT)
         fault("manifest")
 
+    def _write_segment(self, block: int) -> None:
+        """A complete block of records in one object, for readers (created once; its records
+        stay the truth, so a segment that cannot be written costs readers time, not rows)."""
+        records = list(self._recent)
+        if len(records) != SEGMENT or records[0]["seq"] != block * SEGMENT:
+            return   # this run did not make the whole block: readers read its records
+        try:
+            self.loc.create(segment_name(block), json.dumps(records).encode())
+        except (Exists, StorageError) as e:
+            log.warning("could not write %s (readers will read its records one by one): %s",
+                        self.loc.url(segment_name(block)), e)
+
     def finish(self, run: RunRecord, complete: bool) -> None:
+        try:
+            self.lease.check()   # a run whose lease lapsed touches nothing any more
+        except LeaseHeld as e:
+            raise OutputError(str(e)) from None
         self.manifest.runs.append(run)
         self.manifest.status = "complete" if complete else "incomplete"
         self.manifest.totals = self.manifest.count()
         self._write_manifest()
-        if complete:
-            self.remove_uncommitted()   # what shards of this run wrote and no commit named
+        if complete:   # what shards wrote and no commit named (a retried shard's first try)
+            self.remove_uncommitted()
         self.close()
 
     def close(self) -> None:

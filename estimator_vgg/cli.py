@@ -95,6 +95,24 @@ def _quiet_tensorflow(verbose: bool) -> None:
         quiet.tensorflow_imported()
 
 
+def _storage_options_argument(parser) -> None:
+    parser.add_argument("--storage-options", metavar="JSON", type=_json_mapping,
+                        help="for an output on an object store: the fsspec options it is read "
+                             "with, as JSON (e.g. '{\"endpoint_url\": \"http://...\"}'); "
+                             "default: the library's own credentials")
+
+
+def _json_mapping(text: str) -> dict:
+    import json
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("a JSON object (key: value) is needed")
+    return value
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "neighbors":
@@ -207,7 +225,8 @@ def neighbors_main(argv: List[str]) -> int:
         prog="estimator-vgg neighbors", description="Images most similar to a query, or groups "
         "of near-duplicates, in the output of a job.", epilog=NEIGHBORS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output", help="the job's output.dir")
+    parser.add_argument("output", help="the job's output.dir (a folder, or an s3:// or gs:// "
+                        "prefix)")
     parser.add_argument("query", nargs="?", help="an image file, or a path in the output")
     parser.add_argument("-k", type=int, default=10, help="how many neighbours (default 10)")
     parser.add_argument("--duplicates", type=float, metavar="THRESHOLD",
@@ -219,6 +238,7 @@ def neighbors_main(argv: List[str]) -> int:
                         help="exact search over every part even when there is an index")
     parser.add_argument("--html", metavar="PAGE.html",
                         help="also write a self-contained page with thumbnails")
+    _storage_options_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show TensorFlow's own log lines and full tracebacks")
     args = parser.parse_args(argv)
@@ -247,15 +267,20 @@ def _neighbors(args) -> None:
     from estimator_vgg.search import describe_output, nearest_to, open_searcher
     from estimator_vgg.searcher import groups_of, write_pairs
 
-    out = Path(args.output)
-    searcher = open_searcher(out, exact=args.exact, say=lambda line: print(
-        f"estimator-vgg neighbors: {line}", file=sys.stderr))
+    from estimator_vgg.storage import Folder
+
+    searcher = open_searcher(args.output, exact=args.exact, say=lambda line: print(
+        f"estimator-vgg neighbors: {line}", file=sys.stderr),
+        storage_options=args.storage_options)
+    out = searcher.output
     locate = lambda path: image_source(out, path)  # noqa: E731
     if args.duplicates is not None:
         a, b, s = searcher.duplicate_pairs(args.duplicates)
         groups = groups_of(a, b, s, searcher.path_of)
-        pairs = Path(args.pairs) if args.pairs else searcher.pairs_file
-        write_pairs(pairs, a, b, s, searcher.path_of)
+        loc, name = ((Folder(Path(args.pairs).parent), Path(args.pairs).name) if args.pairs
+                     else searcher.pairs_file)
+        write_pairs((loc, name), a, b, s, searcher.path_of)
+        pairs = f"{loc}/{name}"
         print(f"{len(groups)} group{'s' if len(groups) != 1 else ''} with cosine "
               f"similarity >= {args.duplicates} ({searcher.how()})")
         for n, group in enumerate(groups, 1):
@@ -291,7 +316,8 @@ def index_main(argv: List[str]) -> int:
         prog="estimator-vgg index", description="Build an approximate nearest-neighbour index "
         "(faiss) over every committed part of an output, or add the parts committed since.",
         epilog=INDEX_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output", help="the job's output.dir")
+    parser.add_argument("output", help="the job's output.dir (a folder, or an s3:// or gs:// "
+                        "prefix: the index is built here and written to its index/)")
     parser.add_argument("--pca", type=int, metavar="DIMS",
                         help="learn a PCA and index L2-normalised DIMS-d codes (e.g. 256)")
     parser.add_argument("--whiten", action="store_true",
@@ -309,23 +335,23 @@ def index_main(argv: List[str]) -> int:
                              "quarter of --memory-mb)")
     parser.add_argument("--rebuild", action="store_true",
                         help="build afresh instead of adding the new parts")
+    _storage_options_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from pathlib import Path
-
     from estimator_vgg.index import build_index
     from estimator_vgg.manifest import ManifestError, OutputError
     from estimator_vgg.searcher import SearchError
     say = lambda line: print(f"estimator-vgg index: {line}", flush=True)  # noqa: E731
     try:
-        r = build_index(Path(args.output), kind=args.kind, pca=args.pca, whiten=args.whiten,
+        r = build_index(args.output, kind=args.kind, pca=args.pca, whiten=args.whiten,
                         memory_mb=args.memory_mb, nprobe=args.nprobe,
-                        train_rows=args.train_rows, rebuild=args.rebuild, say=say)
+                        train_rows=args.train_rows, rebuild=args.rebuild, say=say,
+                        storage_options=args.storage_options)
     except (SearchError, OutputError, ManifestError, FileNotFoundError) as e:
         print(f"estimator-vgg index: error: {e}", file=sys.stderr)
         return 1
     say(f"{'built' if r.fresh else 'updated'} {r.record.describe()} in "
-        f"{Path(args.output) / 'index'} ({r.added_parts} parts, {r.added_rows} rows added, "
+        f"{args.output.rstrip('/')}/index ({r.added_parts} parts, {r.added_rows} rows added, "
         f"{r.seconds:.1f} s); neighbors' scores: {r.record.scores_are(rescored=True)}")
     return 0

@@ -1,13 +1,16 @@
 """The Ray executor (`run.executor: ray`): the same job, one Ray task per shard of parts.
 
 The driver (runner.run, which chooses this executor) lists the images, opens the output and
-cuts the listing into parts exactly as a local run would. Here every run.ray.parts_per_shard consecutive parts become a
-shard: a Ray task that runs the Estimator job on its node's devices over the parts' files and
-writes them into the run's staging folder (Store.stage_dir). Only the driver moves a part into
-output.dir and lists it in the manifest, and only in index order, so:
+cuts the listing into parts exactly as a local run would. Here every run.ray.parts_per_shard
+consecutive parts become a shard: a Ray task that runs the Estimator job on its node's devices
+over the parts' files and writes them where its ShardTarget says: a local output's staging
+folder (Store.stage_dir, on storage every node mounts), or an object store output itself
+(objects named by the run and the attempt; the checkpoint then travels to each node's own
+cache). Only the driver lists a part in the manifest (moving a staged part in first, or
+creating its commit record), and only in index order, so:
   - the output equals a local run's: same parts, same rows, same order, same values;
   - a shard whose worker or node died is rerun by Ray (run.ray.max_retries); its files are
-    rewritten whole, with the same content, and listed once;
+    written again whole (on a store under a new attempt's names) and listed once;
   - a driver that dies leaves a manifest that lists a prefix of the parts; rerunning the
     command removes the files of unlisted parts and redoes them, as after a local crash.
 Ray schedules, places on GPUs and retries; this module only submits, waits and records.

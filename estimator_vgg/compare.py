@@ -435,6 +435,9 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--worst", type=int, default=5, metavar="N",
                         help="how many worst rows and one-sided rows to list (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--storage-options", metavar="JSON", type=json.loads,
+                        help="for outputs on an object store (s3://, gs://): the fsspec "
+                             "options they are read with, as JSON")
     parser.add_argument("--save-golden", metavar="GOLDEN.npz",
                         help="write A's rows, error rows and fingerprint to a golden file "
                              "instead of comparing")
@@ -447,14 +450,14 @@ def main(argv: List[str]) -> int:
     if args.worst < 0:
         parser.error("--worst must be 0 or more")
     try:
-        a = open_side(args.a)
+        a = open_side(args.a, args.storage_options)
         if args.save_golden:
             n = save_golden(a, args.save_golden)
             print(f"estimator-vgg compare: wrote {n} rows, {len(a.errors)} error rows and "
                   f"{'the' if a.fingerprint else 'no'} fingerprint of {args.a} to "
                   f"{args.save_golden}")
             return AGREE
-        c = compare(a, open_side(args.b))
+        c = compare(a, open_side(args.b, args.storage_options))
     except (CompareError, ManifestError, OutputError, FileNotFoundError) as e:
         print(f"estimator-vgg compare: error: {e}", file=sys.stderr)
         return UNUSABLE

@@ -9,7 +9,6 @@ of the number of rows. Light at import.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,9 +23,10 @@ class ExactSearcher(Searcher):
     """Exact cosine similarity over every committed part of an output."""
     scores_are = "cosine similarity of fc7"
 
-    def __init__(self, out_dir, manifest=None):
-        self.out_dir = Path(out_dir)
-        self.output = Output(out_dir, manifest)
+    def __init__(self, where, manifest=None):
+        """where: an output.Output, or an output folder (or URI) with its manifest, if read."""
+        self.output = where if isinstance(where, Output) else Output(where, manifest)
+        self.out_dir = self.output.dir
         self._parts = [p for p in self.output.parts if p.features]
         self._starts = np.cumsum([0] + [p.features for p in self._parts])
         self._paths: Dict[int, List[str]] = {}   # position in _parts -> its feature paths

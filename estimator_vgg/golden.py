@@ -24,6 +24,7 @@ import numpy as np
 
 from estimator_vgg.manifest import MANIFEST, Fingerprint
 from estimator_vgg.output import Output
+from estimator_vgg.storage import is_store, location
 from estimator_vgg.recipe import FC7_DIM
 
 GOLDEN_FORMAT = "estimator-vgg-golden/1"
@@ -72,8 +73,8 @@ def _output_errors(output: Output) -> List[Tuple[str, str]]:
     return rows
 
 
-def _open_output(out: Path) -> Side:
-    output = Output(out)
+def _open_output(out) -> Side:
+    output = out if isinstance(out, Output) else Output(out)
     manifest = output.manifest
     run = manifest.runs[-1] if manifest.runs else None
     return Side(name=str(out), kind="output", rows=sum(p.features for p in manifest.parts),
@@ -120,8 +121,16 @@ def _open_golden(f: Path) -> Side:
                 devices=source.get("devices", []), made_on=source.get("made_on"))
 
 
-def open_side(path: os.PathLike) -> Side:
-    """An estimator-vgg output folder (any output.format) or a golden .npz."""
+def open_side(path: os.PathLike, storage_options: Optional[dict] = None) -> Side:
+    """An estimator-vgg output folder (any output.format), an output on an object store
+    (s3://, gs://, read with storage_options) or a golden .npz."""
+    if is_store(str(path)):
+        from types import SimpleNamespace
+        try:
+            output = Output(location(str(path), SimpleNamespace(storage_options=storage_options)))
+        except FileNotFoundError:
+            raise CompareError(f"{path} has no {MANIFEST}: not an estimator-vgg output") from None
+        return _open_output(output)
     p = Path(path)
     if p.is_dir():
         if not (p / MANIFEST).is_file():

@@ -17,19 +17,18 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
 from estimator_vgg.index_files import (CODES, DUPLICATES, FILES, OFFSETS, PATHS, RECORD, TRANSFORM,
                                        VECTORS, Codes, Pca, Record, check_belongs, import_faiss,
-                                       index_dir, load_paths)
+                                       load_paths, local_dir, publish)
 from estimator_vgg.index_search import load_index  # noqa: F401  (estimator_vgg.index.load_index)
 from estimator_vgg.output import Output
 from estimator_vgg.parquet_layout import row_offsets
 from estimator_vgg.recipe import FC7_DIM
-from estimator_vgg.searcher import SearchError, manifest_of, unit
+from estimator_vgg.searcher import SearchError, open_output, unit
 from estimator_vgg.writer import commit_file
 
 KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
@@ -155,24 +154,23 @@ class Settings:
                 or (self.whiten and not record.whiten))
 
 
-def build_index(out_dir: Path, kind: Optional[str] = None, pca: Optional[int] = None,
+def build_index(out_dir, kind: Optional[str] = None, pca: Optional[int] = None,
                 whiten: bool = False, memory_mb: int = DEFAULT_MEMORY_MB,
                 nprobe: Optional[int] = None, train_rows: Optional[int] = None,
-                rebuild: bool = False, say: Callable[[str], None] = print) -> BuildReport:
-    """Build `<out_dir>/index/`, or add to it the parts committed since it was built."""
-    from estimator_vgg.store import ensure_output_id, lock_output
-
+                rebuild: bool = False, say: Callable[[str], None] = print,
+                storage_options: Optional[dict] = None) -> BuildReport:
+    """Build `<out_dir>/index/`, or add to it the parts committed since it was built. An
+    output on an object store (read with storage_options) gets its index built on this
+    machine and written to the store's index/."""
     faiss = import_faiss()
-    out_dir = Path(out_dir)
-    manifest_of(out_dir)
+    output = open_output(out_dir, storage_options)
     settings = Settings(kind, pca, whiten, memory_mb, nprobe, train_rows)
     settings.check()
     t0 = time.time()
-    lock = lock_output(out_dir)
-    try:
-        output = Output(out_dir, ensure_output_id(out_dir))
+    with _held(output):
+        output = _with_output_id(output)
         if not any(p.features for p in output.parts):
-            raise SearchError(f"{out_dir} has no feature rows yet (its manifest lists "
+            raise SearchError(f"{output.dir} has no feature rows yet (its manifest lists "
                               f"{len(output.parts)} parts, none with features): run the "
                               f"job first")
         builder = IndexBuilder(faiss, output, say, t0)
@@ -182,8 +180,43 @@ def build_index(out_dir: Path, kind: Optional[str] = None, pca: Optional[int] = 
                 f"other settings were asked for")
             record = None
         return builder.fresh(settings) if record is None else builder.update(record, nprobe)
+
+
+@contextlib.contextmanager
+def _held(output):
+    """The output, held while its index is written: the folder's lock, or the store's lease
+    (as a job holds them)."""
+    if not output.loc.remote:
+        from estimator_vgg.store import lock_output
+        lock = lock_output(output.dir)
+        try:
+            yield
+        finally:
+            lock.close()
+        return
+    import uuid
+
+    from estimator_vgg.bucket_store import probe_create_only
+    from estimator_vgg.lease import Lease, LeaseHeld
+    from estimator_vgg.manifest import OutputError
+    try:
+        lease = Lease.take(output.loc, f"index-{uuid.uuid4().hex[:8]}", 60.0,
+                           probe_create_only(output.loc))
+    except LeaseHeld as e:
+        raise OutputError(str(e)) from None
+    try:
+        yield
     finally:
-        lock.close()
+        lease.release()
+
+
+def _with_output_id(output: Output) -> Output:
+    """The output as it is now (read again under the lock), given an output_id first if it
+    was made before they existed (a folder written by an earlier release)."""
+    if not output.loc.remote:
+        from estimator_vgg.store import ensure_output_id
+        return Output(output.loc, ensure_output_id(output.dir))
+    return Output(output.loc)   # a store output has an output_id from its first run
 
 
 class IndexBuilder:
@@ -192,7 +225,7 @@ class IndexBuilder:
 
     def __init__(self, faiss, output: Output, say: Callable[[str], None], t0: float):
         self.faiss, self.output, self.say, self.t0 = faiss, output, say, t0
-        self.dir = index_dir(output.dir)
+        self.dir = local_dir(output)   # built here; on a store, published when written
         self.idx = None
         self.codes_of = Codes()
         self.paths: List[str] = []
@@ -218,7 +251,7 @@ class IndexBuilder:
                         else (s.kind, f"--kind {s.kind}"))
         if (s.kind or "auto") == "auto":
             self.say(f"kind auto: {kind}: {reason}")
-        self.dir.mkdir(exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         for f in FILES:
             (self.dir / f).unlink(missing_ok=True)
         sample = self._sample(rows, s) if s.pca is not None or kind in ("ivf", "ivfpq") else None
@@ -333,5 +366,8 @@ class IndexBuilder:
         commit_file(self.dir / PATHS, lambda f: pq.write_table(table, f))
         (self.dir / DUPLICATES).unlink(missing_ok=True)   # its pairs are of fewer rows
         record.updated = _now()
+        record.files = {f: (self.dir / f).stat().st_size for f in FILES
+                        if f != RECORD and (self.dir / f).is_file()}
         text = record.to_json()
         commit_file(self.dir / RECORD, lambda f: f.write(text))
+        publish(self.output, self.dir, FILES)

@@ -22,11 +22,13 @@ Light at import (faiss is imported by import_faiss).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -62,8 +64,66 @@ def index_dir(out_dir) -> Path:
     return Path(out_dir) / INDEX_DIR
 
 
-def has_index(out_dir) -> bool:
-    return (index_dir(out_dir) / RECORD).is_file()
+def has_index(output) -> bool:
+    """Whether the output (an output.Output) has an index."""
+    return output.loc.exists(f"{INDEX_DIR}/{RECORD}")
+
+
+def cache_root() -> Path:
+    """Where indexes of outputs on object stores are kept on this machine."""
+    return Path(os.environ.get("ESTIMATOR_VGG_INDEX_CACHE") or
+                "~/.cache/estimator-vgg/indexes").expanduser()
+
+
+def local_dir(output, fetch: bool = True) -> Path:
+    """The folder this machine searches (and builds) the output's index in: the output's own
+    index/ for a folder; for an output on a store, a copy in cache_root(), fetched once and
+    fetched again when the store's index.json (which names the output_id, the parts and when
+    it was updated) is no longer the copy's."""
+    if not output.loc.remote:
+        return index_dir(output.dir)
+    d = cache_root() / hashlib.sha256(output.loc.uri.encode()).hexdigest()[:16]
+    if not fetch:
+        return d
+    try:
+        record = output.loc.read(f"{INDEX_DIR}/{RECORD}")
+    except FileNotFoundError:
+        return d
+    if (d / RECORD).is_file() and (d / RECORD).read_bytes() == record:
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        (d / name).unlink(missing_ok=True)
+    for name in FILES:
+        if name == RECORD:
+            continue
+        try:
+            data = output.loc.read(f"{INDEX_DIR}/{name}")
+        except FileNotFoundError:
+            continue
+        commit_file(d / name, lambda f, data=data: f.write(data))
+    sizes = (json.loads(record).get("files") or {})
+    if any(not (d / n).is_file() or (d / n).stat().st_size != size for n, size in sizes.items()) \
+            or output.loc.read(f"{INDEX_DIR}/{RECORD}") != record:
+        raise SearchError(f"the index under {output.loc}/{INDEX_DIR} is not the one its "
+                          f"{RECORD} describes (a build is writing it, or was stopped while "
+                          f"writing it): run `estimator-vgg index {output.loc}` again, or wait")
+    commit_file(d / RECORD, lambda f: f.write(record))   # last: the copy is what it says
+    return d
+
+
+def publish(output, d: Path, names) -> None:
+    """The index files `names` from the local folder `d` to the output's store (index.json
+    last, so a reader sees the record only with the files it describes); nothing to do for
+    an output in a folder, whose index is built in place."""
+    if not output.loc.remote:
+        return
+    for name in sorted(names, key=lambda n: n == RECORD):
+        f = d / name
+        if f.is_file():
+            output.loc.write(f"{INDEX_DIR}/{name}", f.read_bytes())
+        else:
+            output.loc.delete(f"{INDEX_DIR}/{name}")
 
 
 def load_paths(d: Path) -> List[str]:
@@ -88,6 +148,9 @@ class Record:
     built: str
     updated: str
     version: int = RECORD_VERSION
+    # the size of each file the record describes: a copy fetched from a store is checked
+    # against it (a build stopped while publishing, or publishing now, leaves other files)
+    files: Optional[Dict[str, int]] = None
 
     @property
     def rows(self) -> int:
@@ -133,9 +196,9 @@ class Record:
                               f"{d} and run `estimator-vgg index` again") from None
 
 
-def check_belongs(record: Record, manifest: Manifest, out_dir: Path) -> List[int]:
+def check_belongs(record: Record, manifest: Manifest, out_dir) -> List[int]:
     """Refuse an index that is not of this output as it is now; the part indexes it lacks."""
-    d = index_dir(out_dir)
+    d = f"{out_dir}/{INDEX_DIR}"
     if record.output_id != manifest.output_id:
         raise SearchError(f"{d} was built from another output (output_id "
                           f"{record.output_id[:8]}, the output's is "

@@ -18,13 +18,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from estimator_vgg.index_files import (CODES, OFFSETS, RECORD, TRANSFORM, VECTORS, Codes, Pca,
-                                       Record, check_belongs, import_faiss, index_dir,
-                                       load_paths, set_nprobe)
+                                       Record, check_belongs, import_faiss, load_paths,
+                                       local_dir, set_nprobe)
 from estimator_vgg.output import Output
 from estimator_vgg.parquet_layout import RowReader
 from estimator_vgg.query import embed_file
 from estimator_vgg.recipe import FC7_DIM
-from estimator_vgg.searcher import Match, Searcher, SearchError, manifest_of, unit
+from estimator_vgg.searcher import (INDEX_DIR, Match, Searcher, SearchError, open_output,
+                                    unit)
 
 CANDIDATES = 10             # re-scoring: k * CANDIDATES candidates from the codes (at least 100)
 DUP_MARGIN = 0.02           # re-scoring duplicates: candidates at threshold - margin on codes
@@ -39,8 +40,9 @@ class SearchIndex(Searcher):
     """
 
     def __init__(self, output: Output, faiss, record: Record, idx, transform, stale: List[int],
-                 rescore: bool = True):
+                 rescore: bool = True, index_files_dir: Optional[Path] = None):
         self.out_dir, self.output = output.dir, output
+        self.dir = index_files_dir or local_dir(output)   # where this machine reads its files
         self.record, self.stale_parts = record, stale
         self._faiss, self._idx = faiss, idx
         self._codes_of = Codes(transform)
@@ -64,7 +66,7 @@ class SearchIndex(Searcher):
         return self.record.scores_are(self.rescore)
 
     def describe(self) -> str:
-        s = f"{self.record.describe()} in {index_dir(self.out_dir)}"
+        s = f"{self.record.describe()} in {self.out_dir}/{INDEX_DIR}"
         if self.stale_parts:
             s += (f"; STALE: {len(self.stale_parts)} parts committed since are not in it and "
                   f"are searched exactly (run `estimator-vgg index {self.out_dir}` to add them)")
@@ -76,7 +78,7 @@ class SearchIndex(Searcher):
     @property
     def paths(self) -> List[str]:
         if self._paths is None:
-            self._paths = load_paths(index_dir(self.out_dir))
+            self._paths = load_paths(self.dir)
         return self._paths
 
     def set_nprobe(self, nprobe: int) -> None:
@@ -100,13 +102,13 @@ class SearchIndex(Searcher):
 
     def _stored_codes(self):
         if self._codes is None and self.record.pca:
-            self._codes = np.memmap(index_dir(self.out_dir) / CODES, np.float32, "r",
+            self._codes = np.memmap(self.dir / CODES, np.float32, "r",
                                     shape=(self.record.rows, self.record.dims))
         return self._codes
 
     def _row_offsets(self) -> np.ndarray:
         if self._offsets is None:
-            f = index_dir(self.out_dir) / OFFSETS
+            f = self.dir / OFFSETS
             self._offsets = (np.memmap(f, np.int64, "r", shape=(self.rows,))
                              if f.is_file() and self.rows else np.full(self.rows, -1, np.int64))
         return self._offsets
@@ -194,7 +196,7 @@ class SearchIndex(Searcher):
 
     def search_files(self, files: Sequence, k: int = 10) -> List[List[Match]]:
         """For each image file, embedded with the output's weights, its k nearest rows."""
-        return self.search(np.stack([embed_file(self.out_dir, Path(f)) for f in files]), k)
+        return self.search(np.stack([embed_file(self.output, Path(f)) for f in files]), k)
 
     # -- duplicates
     def duplicate_pairs(self, threshold: float, batch: int = 4096
@@ -258,17 +260,21 @@ class SearchIndex(Searcher):
             S.append(sims[i[m], j[m]])
 
 
-def load_index(out_dir: Path, rescore: bool = True, manifest=None) -> SearchIndex:
-    """The index of an output, checked against it: refused if it is another output's or of
-    other weights or preprocessing; parts committed since it was built are listed as stale
-    and searched exactly. rescore: see SearchIndex."""
-    out_dir = Path(out_dir)
-    manifest = manifest if manifest is not None else manifest_of(out_dir)
-    d = index_dir(out_dir)
+def load_index(where, rescore: bool = True, manifest=None,
+               storage_options: Optional[dict] = None) -> SearchIndex:
+    """The index of an output (a folder, an s3:// or gs:// prefix read with storage_options:
+    its index fetched once into a local copy), checked against it: refused if it is another
+    output's or of other weights or preprocessing; parts committed since it was built are
+    listed as stale and searched exactly. rescore: see SearchIndex."""
+    output = (where if isinstance(where, Output) else
+              Output(where, manifest) if manifest is not None else
+              open_output(where, storage_options))
+    out_dir, manifest = output.dir, output.manifest
+    d = local_dir(output)
     record = Record.read(d)
     if record is None:
-        raise SearchError(f"{out_dir} has no index ({d / RECORD} is missing): build it with "
-                          f"`estimator-vgg index {out_dir}`")
+        raise SearchError(f"{out_dir} has no index ({out_dir}/{INDEX_DIR}/{RECORD} is "
+                          f"missing): build it with `estimator-vgg index {out_dir}`")
     faiss = import_faiss()
     stale = check_belongs(record, manifest, out_dir)
     idx = faiss.read_index(str(d / VECTORS))
@@ -277,4 +283,4 @@ def load_index(out_dir: Path, rescore: bool = True, manifest=None) -> SearchInde
                           f"{record.rows}: an index build was stopped; run `estimator-vgg "
                           f"index {out_dir}` again")
     transform = Pca.load(d / TRANSFORM) if record.pca else None
-    return SearchIndex(Output(out_dir, manifest), faiss, record, idx, transform, stale, rescore)
+    return SearchIndex(output, faiss, record, idx, transform, stale, rescore, d)

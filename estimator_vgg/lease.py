@@ -54,8 +54,21 @@ def _alive(pid: int, start: Optional[str]) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass   # another user's process: its start time tells a reused pid apart
     return start is None or _pid_start(pid) in (None, start)
+
+
+def _machine() -> dict:
+    """What makes a pid mean the same process: the host, this boot, this pid namespace (two
+    containers sharing a hostname have their own pids)."""
+    def read(f, how):
+        try:
+            return how(f)
+        except OSError:
+            return None
+    return {"host": socket.gethostname(),
+            "boot_id": read("/proc/sys/kernel/random/boot_id", lambda f: open(f).read().strip()),
+            "pid_ns": read("/proc/self/ns/pid", lambda f: os.stat(f).st_ino)}
 
 
 def latest(bucket) -> int:
@@ -95,7 +108,7 @@ class Lease:
                 raise LeaseHeld(held)
             if held:
                 log.warning("output.break_lease: taking over from %s", held)
-        body = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+        body = {"run_id": run_id, **_machine(), "pid": os.getpid(),
                 "pid_start": _pid_start(os.getpid()), "since": time.strftime(
                     "%Y-%m-%dT%H:%M:%S%z"), "period_s": period_s, "beat": 0}
         try:
@@ -118,7 +131,7 @@ class Lease:
             return None
         who = (f"run {body.get('run_id')} of pid {body.get('pid')} on {body.get('host')}, "
                f"since {body.get('since')}")
-        if body.get("host") == socket.gethostname():
+        if all(body.get(k) == v for k, v in _machine().items()):
             if _alive(int(body.get("pid", -1)), body.get("pid_start")):
                 return (f"{bucket} is being written by {who} (alive on this machine); wait "
                         f"for it to finish, or use another output.dir")
@@ -138,20 +151,34 @@ class Lease:
 
     def _start(self) -> None:
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._refreshed = time.monotonic()
         self._thread = threading.Thread(target=self._refresh, name="estimator-vgg-lease",
                                         daemon=True)
         self._thread.start()
 
     def _refresh(self) -> None:
         while not self._stop.wait(self.period_s / 3):
-            self.body["beat"] += 1
+            with self._lock:
+                self.body["beat"] += 1
+                data = json.dumps(self.body).encode()
             try:
-                self.bucket.write(_name(self.gen), json.dumps(self.body).encode())
+                self.bucket.write(_name(self.gen), data)
+                self._refreshed = time.monotonic()
             except (StorageError, OSError) as e:
                 log.warning("could not refresh the lease of %s: %s", self.bucket, e)
 
     def check(self) -> None:
-        """LeaseHeld when a later generation exists: another run took the output over."""
+        """LeaseHeld when this run may no longer hold the output: a later generation exists
+        (another run took it over), or the lease went unrefreshed for two thirds of its
+        period (another machine may judge it expired and take over)."""
+        stale = time.monotonic() - self._refreshed
+        if stale > 2 * self.period_s / 3:
+            self.close()
+            raise LeaseHeld(f"the lease of {self.bucket} could not be refreshed for "
+                            f"{stale:.0f} s (output.lease_s={self.period_s:g}): another run "
+                            f"may have taken the output over, so this run stops. What it "
+                            f"committed is kept; rerun when the store answers")
         if self.bucket.exists(_name(self.gen + 1)):
             self.close()
             raise LeaseHeld(f"the lease of {self.bucket} was taken over by another run "
@@ -166,10 +193,12 @@ class Lease:
     def release(self) -> None:
         """Stop refreshing and mark the lease free, so the next run goes on at once."""
         self.close()
-        self.body["released"] = True
+        with self._lock:   # a refresh still under way cannot write over it
+            self.body["released"] = True
+            data = json.dumps(self.body).encode()
         try:
             if not self.bucket.exists(_name(self.gen + 1)):
-                self.bucket.write(_name(self.gen), json.dumps(self.body).encode())
+                self.bucket.write(_name(self.gen), data)
         except (StorageError, OSError) as e:
             log.warning("could not release the lease of %s (the next run waits for it to "
                         "expire): %s", self.bucket, e)

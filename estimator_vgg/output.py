@@ -40,8 +40,17 @@ def read_jsonl(data: str) -> List[str]:
 COMMITS = "_commits/"    # on an object store: the numbered commit records (bucket_store.py)
 
 
+SEGMENT = 256            # records also gathered, block by block, in one object each
+
+
 def commit_name(seq: int) -> str:
     return f"{COMMITS}{seq:012d}.json"
+
+
+def segment_name(block: int) -> str:
+    """The object holding records block * SEGMENT .. (block + 1) * SEGMENT - 1, written once
+    the block is complete, so a reader fetches a long run's records a block at a time."""
+    return f"{COMMITS}block-{block:09d}.json"
 
 
 def read_output_manifest(loc) -> Optional[Manifest]:
@@ -66,22 +75,31 @@ def read_output_manifest(loc) -> Optional[Manifest]:
 
 
 def _records(loc, seq: int, window: int = 16) -> Iterator[dict]:
-    """The commit records from `seq` on, `window` requests in flight at a time."""
+    """The commit records from `seq` on, read by key: whole blocks from their block objects
+    where they exist, the rest one by one, `window` requests in flight at a time, until the
+    first record that does not exist."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def get(n):
+    def get(name):
         try:
-            return json.loads(loc.read(commit_name(n)))
+            return json.loads(loc.read(name))
         except FileNotFoundError:
             return None
 
     with ThreadPoolExecutor(window) as pool:
         while True:
-            for record in pool.map(get, range(seq, seq + window)):
+            block = get(segment_name(seq // SEGMENT)) if seq % SEGMENT == 0 else None
+            if block is not None:
+                yield from block
+                seq += len(block)
+                continue
+            # one by one, up to the next block's start
+            names = map(commit_name, range(seq, seq + min(window, SEGMENT - seq % SEGMENT)))
+            for record in pool.map(get, names):
                 if record is None:
                     return
                 yield record
-            seq += window
+                seq += 1
 
 
 class Output:
@@ -115,11 +133,6 @@ class Output:
         name = part_name(index)
         return ([f"{FEATURES}/{name}{s}" for s in FEATURE_SUFFIXES[self.fmt]]
                 + [f"{ERRORS}/{name}.parquet"])
-
-    def features_file(self, index: int):
-        """Part `index`'s fc7 file: a local path, or its name on the store."""
-        name = self.part_files(index)[0]
-        return self.loc.path(name) if not self.loc.remote else name
 
     def open_features(self, index: int):
         """Part `index`'s features file, open for reading bytes (seekable)."""

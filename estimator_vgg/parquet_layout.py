@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from estimator_vgg.parquet_pages import page_header, read_rows
 from estimator_vgg.recipe import FC7_DIM
 
 # One row group holds at most this many rows, and its fc7 page is never cut: the page size
@@ -56,46 +57,13 @@ def _native(f, fh):
     return fh if hasattr(f, "read") else str(f)
 
 
-def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, pos
-
-
 def _page_values(header: bytes) -> Optional[Tuple[int, int]]:
-    """(type, num_values) of the Thrift compact PageHeader at the start of `header`, for a data
-    page v1 (the only layout FAST_LAYOUT writes), or None when it does not parse as one.
-
-    PageHeader: 1 type i32, 2 uncompressed_page_size i32, 3 compressed_page_size i32, 4 crc
-    i32 (optional), 5 data_page_header {1 num_values i32, ...}; i32 is a zigzag varint.
-    """
-    pos, field, found = 0, 0, {}
-    try:
-        while True:
-            b = header[pos]
-            pos += 1
-            kind, delta = b & 0x0F, b >> 4
-            if b == 0 or delta == 0:
-                return None
-            field += delta
-            if kind == 5 and field in (1, 2, 3, 4):          # i32
-                raw, pos = _varint(header, pos)
-                found[field] = (raw >> 1) ^ -(raw & 1)
-            elif kind == 12 and field == 5:                # struct: DataPageHeader
-                b = header[pos]
-                if b & 0x0F != 5 or b >> 4 != 1:
-                    return None
-                raw, pos = _varint(header, pos + 1)
-                return found.get(1), (raw >> 1) ^ -(raw & 1)
-            else:
-                return None
-    except IndexError:
+    """(type, num_values) of the page header at the start of `header` when it is a data page
+    v1 (the only layout FAST_LAYOUT writes), else None."""
+    parsed = page_header(header)
+    if parsed is None or 5 not in parsed[0] or not isinstance(parsed[0][5], dict):
         return None
+    return parsed[0].get(1), parsed[0][5].get(1)
 
 
 def _fc7_chunk_ok(c, rows: int) -> bool:
@@ -201,7 +169,8 @@ def read_parquet_part(f, out: Optional[np.ndarray] = None) -> Tuple[List[str], n
 class RowReader:
     """fc7 rows of an output's parts, by (part index, row in the part) and, where known, the
     row's byte offset in its part (row_offsets): 16 KiB at the offset for parts in
-    FAST_LAYOUT, the whole part once otherwise. One call reads each part at most once.
+    FAST_LAYOUT; for other layouts the pages that hold the rows (parquet_pages.py), or the
+    whole part where its pages cannot be read. One call reads each part at most once.
 
     open_part(index) -> an open binary file of the part's features file (closed after use);
     read_part(index) -> its fc7 matrix (any format)."""
@@ -226,7 +195,9 @@ class RowReader:
                         fh.seek(off)
                         if _readinto(fh, memoryview(out[i]).cast("B")) != ROW_BYTES:
                             raise OSError(f"part {index} is shorter than its row offsets say")
-            else:
-                fc7 = self.read_part(index)
-                out[rows] = fc7[np.asarray(positions, np.int64)[rows]]
+            else:   # another layout: the pages that hold the rows, or the whole part
+                where = np.asarray(positions, np.int64)[rows]
+                with contextlib.closing(self.open_part(index)) as fh:
+                    got = read_rows(fh, where.tolist())
+                out[rows] = got if got is not None else self.read_part(index)[where]
         return out

@@ -15,17 +15,17 @@ from typing import Union
 
 import numpy as np
 
-from estimator_vgg.searcher import SearchError, manifest_of
+from estimator_vgg.searcher import SearchError, open_output
 
 log = logging.getLogger(__name__)
 
 
-def input_of(out_dir):
+def input_of(where):
     """The input section the output was made from, as the readers of sources.py take it
     (storage_options were redacted in the manifest: the libraries' own credentials apply)."""
     from estimator_vgg.sections import DEFAULT_EXTENSIONS, InputConfig, is_uri
 
-    manifest = manifest_of(out_dir)
+    manifest = open_output(where).manifest
     recorded = dict((manifest.config or {}).get("input") or {})
     kw = {f.name: recorded[f.name] for f in dataclasses.fields(InputConfig)
           if f.name in recorded}
@@ -40,7 +40,7 @@ def input_of(out_dir):
     return InputConfig(**kw)
 
 
-def image_source(out_dir, path: str) -> Union[Path, bytes, None]:
+def image_source(where, path: str) -> Union[Path, bytes, None]:
     """The image of a row's `path`, for the pages' thumbnails: the file under input.dir, or,
     for a list entry, a URI or a tar member, its bytes read again (None, with a warning, when
     they cannot be read). The one place that turns an output's path back into an image."""
@@ -48,7 +48,7 @@ def image_source(out_dir, path: str) -> Union[Path, bytes, None]:
     from estimator_vgg.remote import FetchError, redact
     from estimator_vgg.sections import is_uri
 
-    i = input_of(out_dir)
+    i = input_of(where)
     if i.list is None and not is_uri(i.dir) and not (i.expand_tars and ".tar/" in path.lower()):
         return Path(i.dir) / path
     try:
@@ -58,11 +58,13 @@ def image_source(out_dir, path: str) -> Union[Path, bytes, None]:
         return None
 
 
-def embed_file(out_dir, file: Path) -> np.ndarray:
-    """fc7 of an image file, with the weights and preprocessing the output was made with."""
+def embed_file(where, file: Path) -> np.ndarray:
+    """fc7 of an image file, with the weights and preprocessing the output at `where` (a
+    folder, a URI, an output.Output) was made with."""
     from estimator_vgg.config import load_config
 
-    manifest = manifest_of(out_dir)
+    output = open_output(where)
+    out_dir, manifest = output.dir, output.manifest
     c = manifest.config
     precision = c["model"].get("precision", "float32")
     cfg = load_config(

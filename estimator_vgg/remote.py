@@ -11,6 +11,7 @@ URL query strings (presigned signatures) are cut from every text this module pro
 from __future__ import annotations
 
 import functools
+import io
 import json
 import re
 import time
@@ -94,7 +95,13 @@ def _filesystem(s: str, options: str, timeout_s: float):
         cfg = dict(opts.pop("config_kwargs", {}) or {})
         cfg.setdefault("connect_timeout", timeout_s)
         cfg.setdefault("read_timeout", timeout_s)
-        return fsspec.filesystem("s3", config_kwargs=cfg, **opts)
+        # One attempt per request (botocore and s3fs would otherwise retry 5 x 5 times
+        # themselves): the retries are _retried's, so `retries` and `request_timeout_s` bound
+        # how long a failing store can hold the job.
+        cfg.setdefault("retries", {"total_max_attempts": 1})
+        fs = fsspec.filesystem("s3", config_kwargs=cfg, **opts)
+        fs.retries = 1
+        return fs
     if s in ("gs", "gcs"):
         opts.setdefault("timeout", timeout_s)
         return fsspec.filesystem("gs", **opts)
@@ -109,10 +116,14 @@ def filesystem(input_cfg, uri: str):
 def _classify(e: BaseException) -> Tuple[str, str]:
     """(reason, message) of a failed request; reason `transient` is worth a retry."""
     status = getattr(e, "status", None) or getattr(e, "code", None)
+    answer = getattr(e.__cause__, "response", None)   # s3fs's OSError from botocore's answer
+    if status is None and isinstance(answer, dict):
+        status = answer.get("ResponseMetadata", {}).get("HTTPStatusCode")
     message = redact(f"{type(e).__name__}: {e}")
     if isinstance(e, FileNotFoundError) or status in (404, 410):
         return "missing", message
-    if isinstance(e, PermissionError) or status in (401, 403):
+    forbidden = isinstance(e, OSError) and str(e).startswith("Forbidden: ")   # gcsfs's 403
+    if isinstance(e, PermissionError) or status in (401, 403) or forbidden:
         return "permission_denied", message
     if isinstance(status, int):
         return ("transient" if status >= 500 or status in (408, 429) else "read_error"), message
@@ -123,6 +134,11 @@ def _classify(e: BaseException) -> Tuple[str, str]:
         import aiohttp
         transient += (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
                       asyncio.TimeoutError)
+    except ImportError:
+        pass
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+        transient += (BotoConnectionError, HTTPClientError)   # refused, reset, closed, timed out
     except ImportError:
         pass
     try:
@@ -164,15 +180,27 @@ def size(input_cfg, uri: str) -> int:
     return _retried(input_cfg, lambda: int(fs.size(uri)))
 
 
-class RangeFile:
+class RangeFile(io.RawIOBase):
     """A read-only, seekable file over a remote object, read in blocks of `block` bytes by
     fetch() (so every request has its timeout and its retries): what tarfile reads headers
-    through."""
+    through, and pyarrow and the part readers read an output's objects through."""
 
     def __init__(self, input_cfg, uri: str, total: int, block: int = 1 << 20):
+        super().__init__()
         self.cfg, self.uri, self.total, self.block = input_cfg, uri, total, block
         self.pos = 0
         self._cache: dict = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(memoryview(buf).cast("B")))
+        memoryview(buf).cast("B")[:len(data)] = data
+        return len(data)
 
     def _block(self, k: int) -> bytes:
         if k not in self._cache:
@@ -203,12 +231,7 @@ class RangeFile:
 
     def close(self) -> None:
         self._cache.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().close()
 
 
 def list_prefix(input_cfg, prefix: str) -> List[str]:
@@ -216,11 +239,10 @@ def list_prefix(input_cfg, prefix: str) -> List[str]:
     fs = filesystem(input_cfg, prefix)
     root = fs._strip_protocol(prefix).rstrip("/")
     try:
-        found = fs.find(root)
-    except Exception as e:  # noqa: BLE001
-        reason, message = _classify(e)
+        found = _retried(input_cfg, lambda: fs.find(root))
+    except FetchError as e:
         from estimator_vgg.listing import ListingError
-        raise ListingError(f"cannot list {redact(prefix)} ({reason}: {message}); check the "
+        raise ListingError(f"cannot list {redact(prefix)} ({e.reason}: {e.message}); check the "
                            f"prefix, its permissions and input.storage_options") from None
     return sorted(f[len(root) + 1:] for f in found if f.startswith(root + "/"))
 

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from estimator_vgg.manifest import Manifest, ManifestError, read_manifest
+from estimator_vgg.manifest import Manifest, ManifestError
 
 INDEX_DIR = "index"               # <output.dir>/index/: what `estimator-vgg index` writes
 DUPLICATES = "duplicates.parquet"  # the pairs neighbors --duplicates writes by default
@@ -37,17 +37,30 @@ def unit(m: np.ndarray) -> np.ndarray:
     return m / np.maximum(norms, np.float32(1e-12))
 
 
-def manifest_of(out_dir: Path) -> Manifest:
-    """The output's manifest, or SearchError saying what the folder is not."""
-    if not Path(out_dir).is_dir():
-        raise SearchError(f"{out_dir} does not exist: give the output.dir of a job")
+def open_output(where, storage_options: Optional[dict] = None):
+    """The output at `where` (a folder, an s3:// or gs:// prefix read with storage_options,
+    or an output.Output already open), or SearchError saying what it is not."""
+    from types import SimpleNamespace
+
+    from estimator_vgg.output import Output, read_output_manifest
+    from estimator_vgg.storage import is_store, location
+
+    if isinstance(where, Output):
+        return where
+    remote = is_store(str(where))
+    if not remote and not Path(where).is_dir():
+        raise SearchError(f"{where} does not exist: give the output.dir of a job")
+    loc = location(str(where) if remote else Path(where),
+                   SimpleNamespace(storage_options=storage_options))
     try:
-        manifest = read_manifest(out_dir)
+        manifest = read_output_manifest(loc)
     except ManifestError as e:
         raise SearchError(str(e)) from None
+    except OSError as e:   # a store that cannot be read: its words, the URI redacted
+        raise SearchError(f"{loc} cannot be read: {e}") from None
     if manifest is None:
-        raise SearchError(f"{out_dir} has no manifest.json: not an estimator-vgg output folder")
-    return manifest
+        raise SearchError(f"{loc} has no manifest.json: not an estimator-vgg output folder")
+    return Output(loc, manifest)
 
 
 def not_a_query(out_dir, query: str) -> str:
@@ -57,8 +70,9 @@ def not_a_query(out_dir, query: str) -> str:
 
 class Searcher:
     """What both searchers offer. Subclasses give rows (row_of, path_of) and searches by
-    vectors and paths; query() and describe() are shared."""
-    out_dir: Path
+    vectors and paths; duplicates() and pairs_file are shared."""
+    out_dir: object      # the output's folder or URI, for messages
+    output: object       # the output.Output searched
     scores_are: str
 
     def describe(self) -> str:
@@ -93,10 +107,12 @@ class Searcher:
         return groups_of(*self.duplicate_pairs(threshold), self.path_of)
 
     @property
-    def pairs_file(self) -> Path:
-        """Where --duplicates writes its pairs unless told: beside the index, if any."""
-        d = Path(self.out_dir) / INDEX_DIR
-        return (d if d.is_dir() else Path(self.out_dir)) / DUPLICATES
+    def pairs_file(self) -> Tuple[object, str]:
+        """Where --duplicates writes its pairs unless told, as (location, name): beside the
+        output's index if it has one, else in the output."""
+        loc = self.output.loc
+        has_index = loc.exists(f"{INDEX_DIR}/index.json")
+        return loc, (f"{INDEX_DIR}/{DUPLICATES}" if has_index else DUPLICATES)
 
 
 def groups_of(a: np.ndarray, b: np.ndarray, s: np.ndarray,
@@ -125,12 +141,11 @@ def groups_of(a: np.ndarray, b: np.ndarray, s: np.ndarray,
     return sorted(out, key=lambda g: (-len(g), g[0].path))
 
 
-def write_pairs(file: Path, a, b, s, path_of: Callable[[int], str]) -> None:
-    """The pairs as Parquet: path_a, path_b (path_a < path_b), score; best first."""
+def write_pairs(where: Tuple[object, str], a, b, s, path_of: Callable[[int], str]) -> None:
+    """The pairs as Parquet into (location, name): path_a, path_b (path_a < path_b), score;
+    best first."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from estimator_vgg.writer import commit_file
 
     pa_, pb_ = [path_of(int(i)) for i in a], [path_of(int(j)) for j in b]
     swap = [x > y for x, y in zip(pa_, pb_)]
@@ -140,5 +155,5 @@ def write_pairs(file: Path, a, b, s, path_of: Callable[[int], str]) -> None:
     table = pa.table({"path_a": pa.array([pa_[i] for i in order], pa.string()),
                       "path_b": pa.array([pb_[i] for i in order], pa.string()),
                       "score": pa.array(np.asarray(s, np.float32)[order], pa.float32())})
-    Path(file).parent.mkdir(parents=True, exist_ok=True)
-    commit_file(Path(file), lambda f: pq.write_table(table, f))
+    loc, name = where
+    loc.write(name, lambda f: pq.write_table(table, f))

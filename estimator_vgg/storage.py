@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
@@ -48,10 +47,6 @@ class ObjectRef:
     def to_dict(self) -> dict:
         return {k: v for k, v in (("key", self.name), ("size", self.size), ("etag", self.etag),
                                   ("version", self.version)) if v is not None}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ObjectRef":
-        return cls(d["key"], int(d.get("size", -1)), d.get("etag"), d.get("version"))
 
 
 def _bytes(write: Union[bytes, Writer]) -> bytes:
@@ -87,10 +82,6 @@ class Folder:
 
     def path(self, name: str) -> Path:
         return self.root / name
-
-    def source(self, name: str):
-        """What pyarrow and the row readers read best: the file's path."""
-        return self.path(name)
 
     def exists(self, name: str) -> bool:
         return self.path(name).is_file()
@@ -143,9 +134,6 @@ class Folder:
             os.fsync(f.fileno())
         return ObjectRef(name, len(data))
 
-    def now(self) -> float:
-        return time.time()
-
 
 class _Requests:
     """The output section's retry settings, as remote._retried takes them."""
@@ -186,9 +174,6 @@ class Bucket:
             raise StorageError(f"{what} {self.url(name)} failed: {e.reason}: {e.message}"
                                ) from None
 
-    def source(self, name: str):
-        return self.open(name)
-
     def exists(self, name: str) -> bool:
         return self.info(name) is not None
 
@@ -196,9 +181,12 @@ class Bucket:
         return self._call("reading", name, lambda: self.fs.cat_file(self.key(name)))
 
     def open(self, name: str):
-        """A seekable binary file over the object, read in ranged requests."""
-        return self._call("opening", name, lambda: self.fs.open(
-            self.key(name), "rb", block_size=1 << 20, cache_type="readahead"))
+        """A seekable binary file over the object, read in ranged requests of 1 MiB, each with
+        the output's timeout and retries (remote.RangeFile)."""
+        info = self.info(name)
+        if info is None:
+            raise FileNotFoundError(f"{self.url(name)} does not exist")
+        return remote.RangeFile(self.cfg, f"{self.uri}/{name}", info["size"])
 
     def info(self, name: str) -> Optional[dict]:
         """size, etag, version and mtime (the store's clock) of an object, fresh; None when
@@ -235,15 +223,22 @@ class Bucket:
         return self._put(name, data, create=False)
 
     def create(self, name: str, data: bytes) -> ObjectRef:
+        """The object, only if `name` is new (Exists otherwise). Bytes equal to ours there
+        count as ours: every caller writes bytes no other writer could (a run id, a token)."""
         return self._put(name, data, create=True)
 
     def _put(self, name: str, data: bytes, create: bool) -> ObjectRef:
         put = _put_s3 if self.scheme == "s3" else _put_gcs
-        try:
-            out = self._call("writing", name, lambda: _exists_as(put, self, name, data, create))
-        except StorageError:
-            raise
+        out = self._call("writing", name, lambda: _exists_as(put, self, name, data, create))
         if out is _TAKEN:
+            # A create whose answer was lost is retried (by the client library, or here) and
+            # meets its own object: taken by this very write when the bytes are these.
+            try:
+                if self.read(name) == data:
+                    info = self.info(name) or {}
+                    return ObjectRef(name, len(data), info.get("etag"), info.get("version"))
+            except FileNotFoundError:
+                pass
             raise Exists(name)
         return out
 
@@ -252,14 +247,19 @@ class Bucket:
         if self.scheme != "s3":
             return 0   # GCS resumable uploads expire by themselves; nothing is visible
         bucket, _, key = self.key(prefix).partition("/")
-        listed = self._call("listing the uploads under", prefix, lambda: self.fs.call_s3(
-            "list_multipart_uploads", Bucket=bucket, Prefix=key))
-        uploads = listed.get("Uploads", [])
-        for u in uploads:
-            self._call("aborting the upload of", u["Key"][len(self.root) - len(bucket):],
-                       lambda u=u: self.fs.call_s3("abort_multipart_upload", Bucket=bucket,
-                                                   Key=u["Key"], UploadId=u["UploadId"]))
-        return len(uploads)
+        aborted, more = 0, {}
+        while True:   # a page of at most 1,000 uploads at a time
+            listed = self._call("listing the uploads under", prefix, lambda: self.fs.call_s3(
+                "list_multipart_uploads", Bucket=bucket, Prefix=key, **more))
+            for u in listed.get("Uploads", []):
+                self._call("aborting the upload of", u["Key"],
+                           lambda u=u: self.fs.call_s3("abort_multipart_upload", Bucket=bucket,
+                                                       Key=u["Key"], UploadId=u["UploadId"]))
+                aborted += 1
+            if not listed.get("IsTruncated"):
+                return aborted
+            more = {"KeyMarker": listed["NextKeyMarker"],
+                    "UploadIdMarker": listed["NextUploadIdMarker"]}
 
 
 _TAKEN = object()

@@ -14,6 +14,7 @@ An errors part is always Parquet: columns path, reason, message. Light at import
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -31,13 +32,21 @@ def commit_file(final: Path, write: Callable, before_rename: Callable = lambda: 
     """write(f) into a temporary file, flush it to disk, then rename it over `final` (atomic).
 
     The temporary name is unique to the process, so two writers of the same part (a shard Ray
-    retried while the first attempt's worker was still dying) never write into one file.
+    retried while the first attempt's worker was still dying) never write into one file. A
+    write that fails (a full disk) leaves no half-written file behind, and says which file.
     """
     tmp = final.with_name(f"{final.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise OSError(e.errno, f"no space left on the device of {final}: free some space "
+                                   f"there") from None
+        raise
     before_rename()
     os.replace(tmp, final)
 

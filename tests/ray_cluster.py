@@ -4,6 +4,9 @@ stops every process they started, workers included, also when the caller fails.
 
     with loopback_cluster(nodes=2, cpus_per_node=1) as c:
         subprocess.run([... "run.ray.address=" + c.address], env=c.env)
+
+node_env: a dict per node of variables only that node's processes get (for example each
+node's own ESTIMATOR_VGG_NODE_CACHE); object_store_mb: each node's object store.
 """
 import contextlib
 import os
@@ -41,7 +44,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1, env: dict = None):
+def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1, env: dict = None,
+                     node_env: list = None, object_store_mb: int = 100):
     # A short temporary folder: Ray's Unix sockets live under it and their paths are limited
     # to about 107 characters, which pytest's tmp_path can exceed.
     temp = tempfile.mkdtemp(prefix="evgg-ray-", dir="/tmp")
@@ -51,7 +55,7 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1, env: dict = None):
     address = f"127.0.0.1:{port}"
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
                RAY_USAGE_STATS_ENABLED="0", TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    common = [f"--num-cpus={cpus_per_node}", "--object-store-memory=100000000",
+    common = [f"--num-cpus={cpus_per_node}", f"--object-store-memory={object_store_mb * 10**6}",
               "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp}",
               "--block"]
     procs, logs = [], []
@@ -60,8 +64,9 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1, env: dict = None):
     def start(*args):
         log = open(Path(temp) / f"start-{len(procs)}.log", "w")
         logs.append(log)
+        own = dict(env, **(node_env[len(procs)] if node_env else {}))
         # its own session: the Ray processes it starts descend from it
-        procs.append(subprocess.Popen([ray_cli(), "start", *args, *common], env=env,
+        procs.append(subprocess.Popen([ray_cli(), "start", *args, *common], env=own,
                                       stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True))
 

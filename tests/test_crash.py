@@ -62,6 +62,34 @@ def test_a_killed_job_resumes_to_the_uninterrupted_output(fault, crash_inputs, u
     _same_output(out, uninterrupted)
 
 
+# Kills at points drawn at random, from a seed the run logs (set ESTIMATOR_VGG_CRASH_SEED to
+# replay one): each CI run kills the job somewhere else. The job reaches each point at least
+# this often with 9 files in 5 parts of 2 and 2 towers of batch 1.
+CRASH_SEED = int(os.environ.get("ESTIMATOR_VGG_CRASH_SEED") or time.time_ns() % 100_000)
+REACHED = {"batch": 4, "features_tmp": 5, "part_files": 5, "manifest": 5}
+
+
+def _drawn(seed: int, n: int = 2):
+    import random
+    rnd = random.Random(seed)
+    points = sorted(REACHED)
+    return [f"{p}:{rnd.randint(1, REACHED[p])}" for p in (rnd.choice(points) for _ in range(n))]
+
+
+@pytest.mark.parametrize("draw", [0, 1])
+def test_a_job_killed_at_a_point_drawn_from_a_seed_resumes_to_the_uninterrupted_output(
+        draw, crash_inputs, uninterrupted, tmp_path):
+    fault = _drawn(CRASH_SEED)[draw]
+    print(f"ESTIMATOR_VGG_CRASH_SEED={CRASH_SEED}: killed at {fault}")
+    replay = f"(kill at {fault}; replay with ESTIMATOR_VGG_CRASH_SEED={CRASH_SEED})"
+    out = tmp_path / "out"
+    killed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2", fault=fault)
+    assert killed.returncode == -signal.SIGKILL, (replay, killed.stderr[-2000:])
+    resumed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2")
+    assert resumed.returncode == 3, (replay, resumed.stderr[-3000:])
+    _same_output(out, uninterrupted)
+
+
 @pytest.mark.parametrize("fmt", ["npy", "csv"])
 def test_a_killed_npy_or_csv_job_resumes_to_the_uninterrupted_output(fmt, crash_inputs,
                                                                     uninterrupted, tmp_path):
@@ -150,3 +178,38 @@ def test_a_listed_part_missing_on_disk_says_the_output_is_damaged_and_what_to_do
         read_features(out)
     fixed = job(tmp_path, imgs, out, "output.rows_per_part=2", "--overwrite")
     assert fixed.returncode == 0 and len(read_features(out)[0]) == 4
+
+
+def test_a_disk_that_fills_mid_part_stops_the_job_and_a_rerun_completes(crash_inputs,
+                                                                        uninterrupted,
+                                                                        tmp_path):
+    """output.dir on a small filesystem (a tmpfs, which root mounts; elsewhere the test
+    skips saying why) that fills up during the third part: the job stops naming the file and
+    what to do, nothing half-written is left or listed; with space freed, a rerun completes
+    to the uninterrupted output."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(out)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        from conftest import MOUNT_SKIP
+        pytest.skip(f"{MOUNT_SKIP} here: {mount.stderr.strip() or mount.returncode}")
+    try:
+        full = job(tmp_path, crash_inputs, out, "output.rows_per_part=2")
+        assert full.returncode == 1, full.stderr[-3000:]
+        assert "no space left on the device of" in full.stderr, full.stderr[-2000:]
+        assert "rerun the same command to resume" in full.stderr
+        assert not list(out.rglob("*.tmp"))          # nothing half-written left behind
+        from estimator_vgg.output import read_features
+        paths, _ = read_features(out)                 # what is listed reads whole
+        n = len(paths)
+        assert 0 < n < len(uninterrupted[0]), n
+        assert paths == uninterrupted[0]["path"].tolist()[:n]
+        grow = subprocess.run(["mount", "-o", "remount,size=20m", str(out)],
+                              capture_output=True, text=True)
+        assert grow.returncode == 0, grow.stderr
+        resumed = job(tmp_path, crash_inputs, out, "output.rows_per_part=2")
+        assert resumed.returncode == 3, resumed.stderr[-3000:]
+        _same_output(out, uninterrupted)
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)

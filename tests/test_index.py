@@ -322,6 +322,9 @@ def _synthetic_output(tmp_path, rows=3000, dups=20, seed=0):
     return tmp_path / "syn", m, {(f"{a:05d}.jpg", f"{b:05d}.jpg") for a, b in zip(src, dst)}
 
 
+RECALL = {"ivf": 0.97, "ivfpq": 0.97, "hnsw": 0.97}  # recall@10 vs exact, own row left out
+
+
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
 def test_approximate_kinds_find_the_exact_neighbours_and_the_planted_duplicates(tmp_path, kind):
     from estimator_vgg.index import build_index, load_index
@@ -332,10 +335,17 @@ def test_approximate_kinds_find_the_exact_neighbours_and_the_planted_duplicates(
     idx = load_index(out)
     u = m / np.linalg.norm(m, axis=1, keepdims=True)
     q = np.random.default_rng(1).choice(len(m), 50, replace=False)
-    exact = np.argsort(-(u[q] @ u.T), axis=1)[:, :10]
-    got = idx.search(m[q], 10)
+    sims = u[q] @ u.T
+    sims[np.arange(len(q)), q] = -np.inf          # a query's own row is no neighbour
+    exact = np.argsort(-sims, axis=1)[:, :10]
+    got = idx.search_paths([f"{i:05d}.jpg" for i in q], 10)   # its own row left out too
     hits = sum(len({int(x.path[:5]) for x in g} & set(e.tolist())) for g, e in zip(got, exact))
-    assert hits / 500 >= 0.9, hits
+    assert hits / 500 >= RECALL[kind], hits
+    # the clusters make the approximation matter: the codes alone, not re-scored, miss more
+    raw = load_index(out, rescore=False).search_paths([f"{i:05d}.jpg" for i in q], 10)
+    raw_hits = sum(len({int(x.path[:5]) for x in g} & set(e.tolist()))
+                   for g, e in zip(raw, exact))
+    assert raw_hits < hits, (raw_hits, hits)
     a, b, s = idx.duplicate_pairs(0.99)
     found = {tuple(sorted((idx.path_of(i), idx.path_of(j)))) for i, j in zip(a, b)}
     assert planted <= found

@@ -1,5 +1,4 @@
 """Similar-image search, duplicate groups, read_features and the HTML page, on a small output."""
-import os
 import shutil
 import sys
 
@@ -120,10 +119,7 @@ def test_pages_render_their_thumbnails_in_a_real_browser(output, tmp_path):
 
     try:
         chromium()
-    except FileNotFoundError:
-        if os.environ.get("CI") == "true":  # CI must prove the page draws, not skip it
-            pytest.fail("Chromium is not installed, and CI=true: .ci/run installs Debian's "
-                        "chromium; a CI run without it proves nothing about the pages")
+    except FileNotFoundError:   # under CI=true the skip fails the run (conftest.py)
         pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
     import tensorflow as tf
 

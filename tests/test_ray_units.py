@@ -59,3 +59,17 @@ def test_staged_parts_reach_the_output_only_when_the_driver_lists_them(tmp_path)
     assert read_features(tmp_path / "out")[0] == ["a.jpg", "b.jpg"]
     with pytest.raises(Exception, match="not in"):
         s.adopt_staged(s.stage_dir("run2"), 1)  # reported written, but not there
+
+
+def test_a_node_that_cannot_reach_the_output_store_names_itself_and_the_uri():
+    from estimator_vgg.cluster import _reach_store
+    from estimator_vgg.job import JobError
+    from estimator_vgg.sections import OutputConfig
+
+    cfg = OutputConfig(dir="s3://bucket/out?X-Amz-Signature=abc", retries=0,
+                       request_timeout_s=2, storage_options={"endpoint_url":
+                                                             "http://127.0.0.1:9"})
+    with pytest.raises(JobError) as e:
+        _reach_store(cfg, "vm/node-7")
+    assert "node vm/node-7 cannot reach output.dir s3://bucket/out" in str(e.value)
+    assert "abc" not in str(e.value)

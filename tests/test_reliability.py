@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, ROOT, run_job, run_py, tables
+from conftest import DEMO, ROOT, run_as_nobody, run_job, run_py, tables
 
 BAD = ROOT / "tests" / "fixtures" / "bad"
 # What the job must do with each fixture: None means a feature row.
@@ -104,16 +104,61 @@ def test_the_pixel_limit_is_configurable(tmp_path):
     assert errors["reason"].tolist() == ["too_large"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_an_unreadable_file_is_an_error_row(tmp_path):
-    imgs = tmp_path / "imgs"
+def _as_nobody_job(shared_dir, images):
+    """A job over `images` run as `nobody`, writing into shared_dir/out, with a copy of the
+    converted synthetic weights it may read (hard links: no second conversion)."""
+    cache = shared_dir / "cache" / "checkpoints"
+    shutil.copytree(ROOT / ".cache" / "checkpoints", cache, copy_function=os.link)
+    for d in [shared_dir / "cache", cache, *cache.iterdir()]:
+        os.chmod(d, 0o755)
+    cfg = shared_dir / "job.yaml"
+    cfg.write_text(f"input:\n  dir: {images}\n  max_error_fraction: 1.0\noutput:\n  dir: "
+                   f"{shared_dir / 'out'}\nmodel:\n  weights: synthetic\n  cache_dir: "
+                   f"{shared_dir / 'cache'}\ndevices:\n  cpus: 1\n  batch_size: 1\n")
+    return run_as_nobody(shared_dir, cfg)
+
+
+@pytest.fixture
+def converted_weights(tmp_path):
+    """The synthetic weights converted into the checkout's cache (as the jobs of the other
+    tests leave them), for _as_nobody_job to link."""
+    from estimator_vgg.sections import ModelConfig
+    from estimator_vgg.weights import prepare
+    prepare(ModelConfig(weights="synthetic", cache_dir=ROOT / ".cache"))
+
+
+def test_an_unreadable_file_is_an_error_row(shared_dir, converted_weights):
+    """Run as `nobody` (root reads every file whatever its permissions), a real job meets a
+    file it may not read: a permission_denied row, the other file embedded."""
+    imgs = shared_dir / "imgs"
     imgs.mkdir()
     shutil.copy(BAD / "good.jpg", imgs / "a.jpg")
     shutil.copy(BAD / "good.jpg", imgs / "b.jpg")
+    os.chmod(imgs, 0o755)
+    os.chmod(imgs / "a.jpg", 0o644)
     os.chmod(imgs / "b.jpg", 0)
-    assert job(tmp_path, imgs, tmp_path / "out").returncode == 3
-    _, errors = tables(tmp_path / "out")
+    r = _as_nobody_job(shared_dir, imgs)
+    assert r.returncode == 3, r.stderr[-3000:]
+    feats, errors = tables(shared_dir / "out")
+    assert feats["path"].tolist() == ["a.jpg"]
+    assert errors["path"].tolist() == ["b.jpg"]
     assert errors["reason"].tolist() == ["permission_denied"]
+
+
+def test_an_unlistable_folder_stops_the_job_naming_it(shared_dir, converted_weights):
+    """Run as `nobody`, a real job meets a folder it may not list: it stops before any work,
+    naming the folder (a silent skip would drop its images from the table)."""
+    imgs = shared_dir / "imgs"
+    (imgs / "locked").mkdir(parents=True)
+    shutil.copy(BAD / "good.jpg", imgs / "a.jpg")
+    shutil.copy(BAD / "good.jpg", imgs / "locked" / "b.jpg")
+    os.chmod(imgs, 0o755)
+    os.chmod(imgs / "a.jpg", 0o644)
+    os.chmod(imgs / "locked", 0o311)   # enter, not list
+    r = _as_nobody_job(shared_dir, imgs)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "cannot list" in r.stderr and "locked" in r.stderr, r.stderr[-2000:]
+    assert not (shared_dir / "out" / "features").exists()
 
 
 def test_classifies_permission_denied(monkeypatch, tmp_path):

@@ -114,6 +114,29 @@ def test_imagenet_is_downloaded_once_by_the_real_downloader_md5_checked(
     assert again.sha256 == prepared.sha256 == hashlib.sha256(published_bytes).hexdigest()
 
 
+def test_imagenet_weights_with_a_wrong_md5_are_refused_and_nothing_is_cached(
+        published_bytes, monkeypatch, tmp_path):
+    """A server that hands out another file at the ImageNet URL (a corrupted mirror, a
+    truncated transfer): the md5 check refuses it, the error says what to do, nothing stays
+    in Keras' cache, and nothing is converted."""
+    import hashlib
+
+    from estimator_vgg import downloads
+    from http_files import serve
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with serve({"/vgg16.h5": published_bytes[:-1] + b"x"}) as srv:
+        monkeypatch.setattr(downloads, "IMAGENET_URL", srv.url("/vgg16.h5"))
+        monkeypatch.setattr(downloads, "IMAGENET_MD5", hashlib.md5(published_bytes).hexdigest())
+        cfg = ModelConfig(weights="imagenet", cache_dir=tmp_path / "cache")
+        with pytest.raises(WeightsError, match=r"model.weights: imagenet: could not get .*md5 "
+                                               + downloads.IMAGENET_MD5):
+            weights.prepare(cfg)
+    models = tmp_path / "keras" / "models"
+    assert not models.exists() or not any(models.iterdir())
+    assert not (tmp_path / "cache").exists()
+
+
 def test_weights_from_a_url_are_cached_once_and_their_sha256_checked(published_bytes, tmp_path,
                                                                      capfd, caplog):
     import hashlib
