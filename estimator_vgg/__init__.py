@@ -1,10 +1,12 @@
 """estimator-vgg: VGG16 fc7 features for large image collections, as a tf.estimator job.
 
-    from estimator_vgg import load_config, build_estimator, input_fn, list_images
+    from estimator_vgg import load_config, build_estimator, input_fn, list_images, Embedder
     cfg = load_config("configs/demo.yaml")
     est = build_estimator(cfg)
     for p in est.predict(input_fn(cfg, list_images(cfg.input.dir, cfg.input.extensions))):
         p["path"], p["fc7"]
+    with Embedder(cfg) as emb:     # one predict() kept open: call after call, warm
+        fc7 = emb.embed(paths_uris_bytes_arrays_or_pil_images)
 
 The light-module rule, stated once: the modules in LIGHT_MODULES never import TensorFlow (or
 anything that does) at import time, so `--dry-run`, the config checks, the readers of an output
@@ -23,12 +25,12 @@ from estimator_vgg import quiet as _quiet
 
 _quiet.quiet_tensorflow()
 
-LIGHT_MODULES = ("accounting", "budget", "compare", "config", "devices", "downloads", "exact",
-                 "faults", "golden", "index", "index_files", "index_search", "input_wait",
-                 "job", "listing", "manifest", "output", "page", "parquet_layout", "plan",
-                 "probe", "progress", "query", "quiet", "reader", "recipe", "remote", "search",
-                 "searcher", "sections", "sources", "store", "testing", "whole_batches",
-                 "writer")
+LIGHT_MODULES = ("accounting", "budget", "compare", "config", "devices", "downloads",
+                 "embed_items", "embedder", "exact", "faults", "golden", "index", "index_files",
+                 "index_search", "input_wait", "job", "listing", "manifest", "output", "page",
+                 "parquet_layout", "plan", "probe", "progress", "query", "quiet", "reader",
+                 "recipe", "remote", "search", "searcher", "sections", "sources", "store",
+                 "testing", "whole_batches", "writer")
 
 _LAZY = {
     "load_config": "estimator_vgg.config",
@@ -41,6 +43,8 @@ _LAZY = {
     "run": "estimator_vgg.runner",
     "read_features": "estimator_vgg.output",
     "iter_parts": "estimator_vgg.output",
+    "Embedder": "estimator_vgg.embedder",
+    "EmbedError": "estimator_vgg.embedder",
 }
 
 __all__ = sorted(_LAZY)

@@ -93,6 +93,41 @@ class _Plan:
         return [0, *itertools.accumulate(self.sizes)][:-1]
 
 
+# What the Python stage serves, one image at a time: (key, encoded bytes, EXIF orientation)
+SERVED = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32))
+
+
+def served_part(cfg: Config, generator: Callable, args: tuple = ()) -> tf.data.Dataset:
+    """One part served by a Python generator of SERVED tuples, as input_fn builds the Python
+    stage's parts: decoded image by image, failed images dropped, batches of
+    devices.batch_size x towers in order, the last one shorter (the hook estimator_vgg.Embedder
+    feeds its calls through, so its rows are the job's)."""
+    image = _Image(cfg.preprocess, cfg.input.max_pixels)
+    return _part(tf.data.Dataset.from_generator(generator, args=args, output_signature=SERVED),
+                 _load_bytes(image, cfg.preprocess.exif_orientation), True,
+                 cfg.input.decode_threads, cfg.devices.batch_size * cfg.towers)
+
+
+def dataset_options(cfg: Config) -> tf.data.Options:
+    """The tf.data options of the job's input pipeline (a new object each call)."""
+    return _options(cfg.input.decode_threads)
+
+
+def _load_bytes(image: _Image, exif: bool) -> Callable:
+    def load_bytes(key, contents, orientation):
+        return {"image": image(contents, orientation if exif else None), "path": key}
+    return load_bytes
+
+
+def _part(ds: tf.data.Dataset, load: Callable, skip_bad: bool, threads: int,
+          batch: int) -> tf.data.Dataset:
+    # More images in flight than threads: in listing order, a slow image (a camera photo)
+    # would otherwise hold back the thread that finished the next one, and with
+    # ignore_errors between map and batch tf.data cannot fuse them to hide that.
+    ds = ds.map(load, deterministic=True, num_parallel_calls=IN_FLIGHT_PER_THREAD * threads)
+    return (ds.ignore_errors() if skip_bad else ds).batch(batch)
+
+
 def _by_runs(plan: _Plan, modes: List[bool], reader, skip_bad: bool,
              exif: bool) -> Callable[[], tf.data.Dataset]:
     """The default form: each part decoded image by image and batched on its own. Runs of
@@ -102,14 +137,9 @@ def _by_runs(plan: _Plan, modes: List[bool], reader, skip_bad: bool,
     if len(runs) > MAX_RUNS:
         raise ValueError(f"input_fn: {len(runs)} runs of parts alternate between the Python "
                          f"stage and TensorFlow, more than {MAX_RUNS}")
-    read = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
-            tf.TensorSpec([], tf.int32))
 
     def load(file, key):
         return {"image": plan.image(tf.io.read_file(file)), "path": key}
-
-    def load_bytes(key, contents, orientation):
-        return {"image": plan.image(contents, orientation if exif else None), "path": key}
 
     def make() -> tf.data.Dataset:
         all_files, all_keys = tf.constant(plan.files), tf.constant(plan.keys)
@@ -117,16 +147,12 @@ def _by_runs(plan: _Plan, modes: List[bool], reader, skip_bad: bool,
         def part(start, size, python):
             if python:  # the Python stage's parts pull from one stream, in order
                 ds = tf.data.Dataset.from_generator(lambda n: reader.take(int(n)), args=(size,),
-                                                    output_signature=read)
-            else:
-                ds = tf.data.Dataset.from_tensor_slices((all_files[start:start + size],
-                                                         all_keys[start:start + size]))
-            # More images in flight than threads: in listing order, a slow image (a camera
-            # photo) would otherwise hold back the thread that finished the next one, and
-            # with ignore_errors between map and batch tf.data cannot fuse them to hide that.
-            ds = ds.map(load_bytes if python else load, deterministic=True,
-                        num_parallel_calls=IN_FLIGHT_PER_THREAD * plan.threads)
-            return (ds.ignore_errors() if skip_bad else ds).batch(plan.batch)
+                                                    output_signature=SERVED)
+                return _part(ds, _load_bytes(plan.image, exif), skip_bad, plan.threads,
+                             plan.batch)
+            ds = tf.data.Dataset.from_tensor_slices((all_files[start:start + size],
+                                                     all_keys[start:start + size]))
+            return _part(ds, load, skip_bad, plan.threads, plan.batch)
 
         ds = None
         for run in runs:

@@ -108,14 +108,22 @@ class Reader:
 
     def prepare(self, where: Where) -> Tuple[bytes, int]:
         """(bytes for TensorFlow's decoders, EXIF orientation) of one entry."""
-        data = read_bytes(self.input_cfg, where)
+        return self.decodable(read_bytes(self.input_cfg, where))
+
+    def decodable(self, data: bytes) -> Tuple[bytes, int]:
+        """(bytes for TensorFlow's decoders, EXIF orientation) of an image file's bytes."""
         if self._pillow and data and not data.startswith(TF_MAGIC) and pillow_opens(data):
             return pillow_to_bmp(data, self.input_cfg.max_pixels), 1
         return data, (jpeg_orientation(data) if self._exif else 1)
 
+    def next_entry(self, wait: bool):
+        """The next (key, where) to read ahead, None at the end. wait=False: the window holds
+        entries already, so a subclass fed as it goes may say None when none is ready yet."""
+        return next(self._entries, None)
+
     def _fill(self) -> None:
         while not self._closed and len(self._window) < 2 * self._ahead:
-            nxt = next(self._entries, None)
+            nxt = self.next_entry(wait=not self._window)
             if nxt is None:
                 return
             key, where = nxt

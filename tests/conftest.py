@@ -193,6 +193,7 @@ QUICK = {
                       "_to_do"],
     "test_neighbors.py": ["test_pages_render_their_thumbnails_in_a_real_browser"],
     "test_parquet_layout.py": "*",
+    "test_embedder.py": ["test_one_call_of_the_demo_paths_equals_the_jobs_output_to_the_bit"],
     "test_quiet.py": ["test_quiet_by_default_and_tensorflows_errors_still_raise",
                       "test_the_cli_keeps_the_jobs_warnings_and_v_shows_tensorflows_lines"],
     "test_compare.py": [

@@ -39,12 +39,30 @@ def test_readme_notebook_snippet_runs_and_gives_the_golden_vectors(tmp_path):
     assert_features_close(out, GOLDEN / "demo_fc7.npz", max_rel_l2=tol)
 
 
+# The README's Embedder lines, then a call with tqdm.auto's bar: without ipywidgets, text.
+EMBEDDER_CELL = """{block}
+print("embedder", fc7.shape, fc7.dtype)
+with Embedder(cfg) as emb:
+    shown = emb.embed(paths[:2], progress=True)
+print("bar", bool((shown == fc7[:2]).all()))
+"""
+
+
+def readme_embedder_block():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(from estimator_vgg import Embedder\n.*?)```", readme, re.S)
+    assert block, "README lost its Embedder lines"
+    return block.group(1)
+
+
 def test_readme_snippet_in_a_jupyter_kernel_shows_the_jobs_warning_and_no_tensorflow_chatter(
         tmp_path):
     """The snippet run in a real ipykernel (this interpreter, no TF_* variables) by nbclient,
     as a notebook runs it: TensorFlow's C++ lines (which ipykernel forwards from the process's
     stderr) and its Python INFO and deprecation lines (which TensorFlow sends to stdout in an
-    interactive session) are absent; the synthetic-weights warning is there."""
+    interactive session) are absent; the synthetic-weights warning is there. Then the README's
+    Embedder lines in the same kernel: as quiet, and its progress bar is tqdm.auto's (text
+    here, where ipywidgets is not installed, without tqdm's warning about it)."""
     import os
     import sys
 
@@ -67,14 +85,15 @@ def test_readme_snippet_in_a_jupyter_kernel_shows_the_jobs_warning_and_no_tensor
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("import os, sys; print(sys.executable, "
                                   "sorted(k for k in os.environ if k.startswith('TF_')))"),
-        nbformat.v4.new_code_cell(readme_snippet())])
+        nbformat.v4.new_code_cell(readme_snippet()),
+        nbformat.v4.new_code_cell(EMBEDDER_CELL.format(block=readme_embedder_block()))])
     client = NotebookClient(nb, km=km, timeout=240, startup_timeout=90, kernel_name=km.kernel_name)
     try:
         client.execute(env=env, cwd=str(ROOT))   # raises CellExecutionError on an error
     finally:
         if km.has_kernel:
             km.shutdown_kernel(now=True)
-    first, snippet = ([o for o in cell.outputs] for cell in nb.cells)
+    first, snippet, embedder = ([o for o in cell.outputs] for cell in nb.cells)
     assert "".join(o.get("text", "") for o in first).strip() == f"{sys.executable} []"
     stdout = "".join(o["text"] for o in snippet if o.get("name") == "stdout")
     stderr = "".join(o["text"] for o in snippet if o.get("name") == "stderr")
@@ -83,4 +102,11 @@ def test_readme_snippet_in_a_jupyter_kernel_shows_the_jobs_warning_and_no_tensor
     assert [ln.split(" (4096,) ")[0] for ln in stdout.splitlines()] == \
         golden["paths"].tolist(), stdout
     assert SYNTHETIC in stderr, stderr
+    assert chatter(stdout + stderr) == [], stdout + stderr
+    assert all(o.output_type == "stream" for o in embedder), embedder
+    stdout = "".join(o["text"] for o in embedder if o.get("name") == "stdout")
+    stderr = "".join(o["text"] for o in embedder if o.get("name") == "stderr")
+    assert stdout == "embedder (7, 4096) float32\nbar True\n", stdout
+    assert "fc7: 100%" in stderr and "2/2" in stderr, stderr
+    assert "ipywidgets" not in stderr and "Warning" not in stderr, stderr
     assert chatter(stdout + stderr) == [], stdout + stderr
