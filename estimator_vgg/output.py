@@ -24,7 +24,7 @@ import numpy as np
 
 from estimator_vgg.manifest import (ERRORS, FEATURES, MANIFEST, Manifest, ManifestError,
                                     PartRecord, damaged, part_name, read_manifest)
-from estimator_vgg.parquet_layout import read_parquet_part
+from estimator_vgg.parquet_layout import read_parquet_part, read_table
 from estimator_vgg.recipe import FC7_DIM
 from estimator_vgg.storage import Bucket, Folder, location
 
@@ -211,8 +211,7 @@ class Output:
         try:
             with self._source(files[0], index) as f:
                 if self.fmt == "parquet":
-                    import pyarrow.parquet as pq
-                    return pq.read_table(f, columns=["path"]).column("path").to_pylist()
+                    return read_table(f, columns=["path"]).column("path").to_pylist()
                 with (open(f, encoding="utf-8", newline="") if not self.loc.remote else
                       io.TextIOWrapper(f, encoding="utf-8", newline="")) as text:
                     reader = csv.reader(text)
@@ -223,10 +222,9 @@ class Output:
 
     def error_rows(self, index: int, columns=("path", "reason", "message")) -> dict:
         """Part `index`'s errors table as {column: list}."""
-        import pyarrow.parquet as pq
         try:
             with self._source(self.part_files(index)[-1], index) as f:
-                table = pq.read_table(f, columns=list(columns))
+                table = read_table(f, columns=columns)
         except FileNotFoundError:
             raise self.damaged(index) from None
         return {c: table.column(c).to_pylist() for c in columns}

@@ -2,6 +2,7 @@
 
     write_fast_parquet(table, f)                  # writer.py: every new Parquet part
     read_parquet_part(f, out=None)                # (paths, fc7): fast when the layout is there
+    read_table(f_or_bytes, columns=None)          # any Parquet file, read in the calling thread
     row_offsets(f, rows)                          # where each row's 4096 floats start (or -1)
     RowReader(open_part, read_part).rows(refs)    # rows of many parts, each part read once
 
@@ -40,6 +41,22 @@ def write_fast_parquet(table, f) -> None:
     pq.write_table(table, f, compression="none", use_dictionary=["path"],
                    data_page_size=_FAST_PAGE_BYTES, row_group_size=FAST_ROWS_PER_GROUP,
                    data_page_version="1.0")
+
+
+def read_table(source, columns: Optional[Sequence[str]] = None):
+    """The pyarrow Table of a Parquet file given as a path, an open binary file or its bytes,
+    read in the calling thread. Not pq.read_table: over a Python file object it hands the file
+    to pyarrow's dataset scanner, whose I/O threads may drop the last reference to it after the
+    call returned; one that does so while the interpreter exits must take a GIL it can no
+    longer have, and the process aborts ("terminate called without an active exception",
+    exit 134 instead of the job's own exit code)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = pa.BufferReader(source)
+    with pq.ParquetFile(source) as pf:
+        return pf.read(columns=None if columns is None else list(columns))
 
 
 @contextlib.contextmanager

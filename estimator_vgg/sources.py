@@ -24,6 +24,7 @@ from estimator_vgg import remote
 from estimator_vgg.sections import ConfigError, InputConfig, is_uri
 from estimator_vgg.listing import display_path, list_images
 from estimator_vgg.manifest import LIST_COPY
+from estimator_vgg.parquet_layout import read_table
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,7 @@ def _table_column(data: bytes, suffix: str, column: str, name: str) -> List[str]
     import pandas as pd
     try:
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
-            table = pq.read_table(io.BytesIO(data))
+            table = read_table(data)
             columns = table.column_names
             values = table.column(column).to_pylist() if column in columns else None
         else:
@@ -397,15 +397,13 @@ def check_appended(listing: Listing, loc) -> None:
     """Refuse a list changed other than by appending lines since the output at `loc` (a
     storage location) was made from it (ConfigError naming the first line that differs);
     then record the list as it is now."""
-    import io
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if listing.lines is None:
         return
     try:
-        old = pq.read_table(io.BytesIO(loc.read(LIST_COPY))).column("entry").to_pylist()
+        old = read_table(loc.read(LIST_COPY)).column("entry").to_pylist()
     except FileNotFoundError:
         old = None
     if old is not None:
