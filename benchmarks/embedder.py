@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,16 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    field = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in out.splitlines()
-                                               if ":" in ln)}
-    flags = field.get("Flags", "").split()
-    keep = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return (f"{field.get('Model name', '?')} (family {field.get('CPU family', '?')} model "
-            f"{field.get('Model', '?')}), {len(os.sched_getaffinity(0))} cores, flags "
-            f"{' '.join(keep)}")
+from machine import cpu  # noqa: E402 - benchmarks/ is on sys.path as the script's folder
 
 
 def main() -> None:

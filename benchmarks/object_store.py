@@ -33,16 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-
-def cpu() -> str:
-    model, flags = "unknown", set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name") and model == "unknown":
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}; {os.cpu_count()} cores; {' '.join(have)}"
+from machine import cpu  # noqa: E402 - benchmarks/ is on sys.path as the script's folder
 
 
 def job_rate(images: Path, out: str, storage_options, rows_per_part: int, tmp: Path) -> float:

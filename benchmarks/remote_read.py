@@ -23,15 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-
-def cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((l.split(":", 1)[1].strip() for l in out.splitlines()
-                  if l.startswith("Model name")), "?")
-    flags = next((l.split(":", 1)[1].split() for l in out.splitlines()
-                  if l.startswith("Flags")), [])
-    keep = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {len(__import__('os').sched_getaffinity(0))} cores, flags {' '.join(keep)}"
+from machine import cpu  # noqa: E402 - benchmarks/ is on sys.path as the script's folder
 
 
 def make_images(d: Path, n: int) -> list:

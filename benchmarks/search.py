@@ -47,22 +47,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import cpu  # noqa: E402 - benchmarks/ is on sys.path as the script's folder
+
 LATENT = 32
 CLUSTER_ROWS = 200
 NOISE = float(os.environ.get("SEARCH_BENCH_NOISE", "0.25"))
 DUP_SHARE = 0.005     # of the rows are planted copies of another row
 PLANTED_MIN = 0.985   # a planted copy's cosine to its original is at least this
-
-
-def cpu() -> str:
-    model, flags = "unknown", set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name") and model == "unknown":
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}; {os.cpu_count()} cores; {' '.join(have) or 'no avx2'}"
 
 
 def make_output(out: Path, rows: int, rows_per_part: int, seed: int = 0):

@@ -284,18 +284,10 @@ def print_ratio_table(rates: dict, names, threads, base: str, label: str) -> Non
 
 
 def machine() -> str:
-    model, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from machine import cpu
+
     import tensorflow as tf
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return (f"{model or platform.processor()}; {os.cpu_count()} cores; {' '.join(isa)}; "
+    return (f"{cpu()}; "
             f"python {platform.python_version()}, tensorflow {tf.__version__}; "
             f"threads: TensorFlow defaults (intra/inter-op 0 = all cores), "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
