@@ -101,13 +101,7 @@ class ExactSearcher(Searcher):
                 for ss, ii in zip(best_s, best_i)]
 
     def search_paths(self, paths: Sequence[str], k: int = 10) -> List[List[Match]]:
-        rows = []
-        for p in paths:
-            row = self.row_of(p)
-            if row is None:
-                raise SearchError(f"{p!r} is not a path in {self.out_dir}'s features "
-                                  f"(relative to input.dir, as in the `path` column)")
-            rows.append(row)
+        rows = self.rows_of(paths)
         return self.search(self.vectors_of(rows), k, exclude=rows)
 
     def duplicate_pairs(self, threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -210,13 +210,7 @@ class SearchIndex(Searcher):
     def search_paths(self, paths: Sequence[str], k: int = 10) -> List[List[Match]]:
         if len(paths) > 8 and self._row_of is None:
             self._rows_of_many()
-        rows = []
-        for p in paths:
-            i = self.row_of(p)
-            if i is None:
-                raise SearchError(f"{p!r} is not a path in {self.out_dir}'s features "
-                                  f"(relative to input.dir, as in the `path` column)")
-            rows.append(i)
+        rows = self.rows_of(paths)
         full = self.fc7_of_rows(np.array(rows))
         scores, ids = self._search(full, k + 1)
         return [self._matches(s, j, exclude=i, k=k) for s, j, i in zip(scores, ids, rows)]

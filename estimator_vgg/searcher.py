@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from estimator_vgg.manifest import Manifest, ManifestError
+from estimator_vgg.manifest import ManifestError
 
 INDEX_DIR = "index"               # <output.dir>/index/: what `estimator-vgg index` writes
 DUPLICATES = "duplicates.parquet"  # the pairs neighbors --duplicates writes by default
@@ -88,6 +88,17 @@ class Searcher:
 
     def path_of(self, row: int) -> str:
         raise NotImplementedError
+
+    def rows_of(self, paths: Sequence[str]) -> List[int]:
+        """The row of each path (SearchError naming the first that is not in the output)."""
+        rows = []
+        for p in paths:
+            row = self.row_of(p)
+            if row is None:
+                raise SearchError(f"{p!r} is not a path in {self.out_dir}'s features "
+                                  f"(relative to input.dir, as in the `path` column)")
+            rows.append(row)
+        return rows
 
     def search(self, vectors: np.ndarray, k: int = 10) -> List[List[Match]]:
         """For each fc7 row of `vectors` (one row or [n, 4096]), its k nearest rows."""
