@@ -31,6 +31,14 @@ def run_py(*args, **kw):
                           text=True, **kw)
 
 
+def run_cli_without(module: str, *args, **kw):
+    """The command line (`estimator_vgg.cli.main(args)`) in a subprocess where `module`
+    cannot be imported, as on a machine without that extra installed."""
+    code = (f"import sys; sys.modules[{module!r}] = None; from estimator_vgg.cli import main; "
+            f"sys.exit(main({[str(a) for a in args]!r}))")
+    return run_py("-c", code, **kw)
+
+
 NOBODY_SKIP = "cannot drop privileges"   # the system refuses setuid (run_as_nobody)
 MOUNT_SKIP = "cannot mount a small tmpfs"  # the system refuses mount (the disk-full test)
 

@@ -29,12 +29,11 @@ server's stderr and never reads it, so the server blocks once about 64 KiB of it
 fill the pipe. Here its log level is `error` and its output goes nowhere.
 """
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+
+from loopback import fill, free_port, server_process
 
 ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 os.environ.update(ENV)
@@ -61,47 +60,16 @@ def binary() -> Path:
     return found[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def gcs(objects):
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(binary()), "-scheme", "http", "-host", "127.0.0.1", "-port",
-                             str(port), "-external-url", endpoint, "-backend", "memory",
-                             "-log-level", "error"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/storage/v1/b", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"fake-gcs-server did not start on {endpoint} (exit "
-                                       f"{proc.poll()})") from None
-                time.sleep(0.05)
-
-        class Server:
-            pass
-        srv = Server()
-        srv.endpoint, srv.env = endpoint, dict(ENV)
+    with server_process([str(binary()), "-scheme", "http", "-host", "127.0.0.1", "-port",
+                         str(port), "-external-url", endpoint, "-backend", "memory",
+                         "-log-level", "error"], endpoint + "/storage/v1/b", "fake-gcs-server",
+                        seconds=30):
+        srv = SimpleNamespace(endpoint=endpoint, env=dict(ENV))
         srv.storage_options = {"endpoint_url": endpoint, "token": "anon", "project": "test"}
         srv.fs = _json_api_class()(skip_instance_cache=True, **srv.storage_options)
-        for bucket in sorted({k.split("/", 1)[0] for k in objects}):
-            srv.fs.mkdir(bucket)
-        for key, data in objects.items():
-            srv.fs.pipe_file(key, data)
+        fill(objects, srv.fs.mkdir, lambda b, k, data: srv.fs.pipe_file(f"{b}/{k}", data))
         yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)

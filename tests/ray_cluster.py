@@ -143,3 +143,61 @@ def descends_from(pid, groups) -> bool:
             return True
         pid = int(fields[1])
     return False
+
+
+def end_driver(proc, log) -> str:
+    """The driver process `proc` killed if it still runs (and reaped), `log` (the file its
+    output went to) closed; what it wrote."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    log.seek(0)
+    text = log.read()
+    log.close()
+    return text
+
+
+def kill_a_shard_worker_of(cluster, proc, log, first=lambda: None) -> int:
+    """While the driver `proc` runs (after first()), SIGKILL one of `cluster`'s workers running
+    a shard; then wait for the driver, which must complete (exit 3, this job's partial
+    success), and stop it in any case. The killed worker's pid."""
+    killed = None
+    try:
+        first()
+        killed = kill_a_shard_worker(cluster, proc)
+        proc.wait(timeout=600)
+    finally:
+        output = end_driver(proc, log)
+    assert killed, "no worker was seen running a shard"
+    assert proc.returncode == 3, output[-3000:]
+    return killed
+
+
+def kill_a_shard_worker(cluster, proc, seconds: float = 120):
+    """SIGKILL the first Ray worker of `cluster` seen running a shard (still inside it 0.3 s
+    later: importing TensorFlow or predicting) while the driver `proc` runs; its pid, or None
+    when none was seen within `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        for pid in shard_workers(cluster.groups):
+            time.sleep(0.3)
+            if _is_shard_worker(pid):
+                os.kill(pid, signal.SIGKILL)
+                return pid
+            break
+        time.sleep(0.1)
+    return None
+
+
+def shard_workers(groups):
+    """Ray workers of this test's cluster (`groups`) running a shard now, not another test's."""
+    return [int(d.name) for d in Path("/proc").iterdir()
+            if d.name.isdigit() and _is_shard_worker(int(d.name))
+            and descends_from(int(d.name), groups)]
+
+
+def _is_shard_worker(pid) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::embed_shard")
+    except OSError:
+        return False

@@ -4,14 +4,10 @@ server, the S3 REST API), stopped when the `with` block ends, also when the test
     with s3({"bucket/prefix/a.jpg": data}) as srv:
         srv.endpoint; srv.storage_options   # for input.storage_options
 """
-import socket
 from contextlib import contextmanager
+from types import SimpleNamespace
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loopback import fill, free_port, server_process
 
 
 @contextmanager
@@ -19,7 +15,7 @@ def s3(objects):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     import logging
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -28,16 +24,9 @@ def s3(objects):
         endpoint = f"http://127.0.0.1:{port}"
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="testing", aws_secret_access_key="testing")
-        for bucket in sorted({k.split("/", 1)[0] for k in objects}):
-            client.create_bucket(Bucket=bucket)
-        for key, data in objects.items():
-            bucket, name = key.split("/", 1)
-            client.put_object(Bucket=bucket, Key=name, Body=data)
-
-        class Server:
-            pass
-        srv = Server()
-        srv.endpoint = endpoint
+        fill(objects, lambda b: client.create_bucket(Bucket=b),
+             lambda b, k, data: client.put_object(Bucket=b, Key=k, Body=data))
+        srv = SimpleNamespace(endpoint=endpoint)
         srv.storage_options = {"endpoint_url": endpoint, "key": "testing",
                                "secret": "testing-secret-value",
                                "client_kwargs": {"region_name": "us-east-1"}}
@@ -79,29 +68,16 @@ def s3_checked(objects):
     the `with` block ends, also when the test fails."""
     import json
     import os
-    import subprocess
     import sys
-    import time
-    import urllib.request
 
     import boto3
 
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"))
-    try:
-        deadline = time.monotonic() + 60
-        while True:   # /moto-api/ is not an AWS action: it does not use up the three
-            try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto's server did not start on {endpoint} (exit "
-                                       f"{proc.poll()})") from None
-                time.sleep(0.1)
+    # /moto-api/ is not an AWS action: waiting for it does not use up the three
+    with server_process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                         str(port)], endpoint + "/moto-api/", "moto's server", seconds=60,
+                        env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")):
         iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="unchecked", aws_secret_access_key="unchecked")
         iam.create_user(UserName="job")
@@ -112,25 +88,11 @@ def s3_checked(objects):
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id=key["AccessKeyId"],
                               aws_secret_access_key=key["SecretAccessKey"])
-        for bucket in sorted({k.split("/", 1)[0] for k in objects}):
-            client.create_bucket(Bucket=bucket)
-        for k, data in objects.items():
-            bucket, name = k.split("/", 1)
-            client.put_object(Bucket=bucket, Key=name, Body=data)
-
-        class Server:
-            pass
-        srv = Server()
-        srv.endpoint, srv.client = endpoint, client
+        fill(objects, lambda b: client.create_bucket(Bucket=b),
+             lambda b, k, data: client.put_object(Bucket=b, Key=k, Body=data))
+        srv = SimpleNamespace(endpoint=endpoint, client=client)
         srv.storage_options = {"endpoint_url": endpoint, "key": key["AccessKeyId"],
                                "secret": key["SecretAccessKey"],
                                "client_kwargs": {"region_name": "us-east-1"}}
         srv.wrong = dict(srv.storage_options, secret="wrong-" + key["SecretAccessKey"][6:])
         yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)

@@ -28,6 +28,14 @@ def job(tmp_path, out, *overrides, input_dir=DEMO, input_list=None, input_option
     return run_py("-m", "estimator_vgg", path, *overrides, cwd=tmp_path, env=env or {})
 
 
+def local_rows(tmp):
+    """The job into a local folder under `tmp`: its rows, what every store output must equal
+    bit for bit."""
+    r = job(tmp, tmp / "out")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return rows(tmp / "out")
+
+
 def rows(out, storage_options=None):
     """(paths, fc7 bytes per row, errors as (path, reason)) of an output."""
     from types import SimpleNamespace

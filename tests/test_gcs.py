@@ -10,17 +10,14 @@ import pytest
 from conftest import DEMO
 from fault_proxy import FaultProxy
 from gcs_server import gcs
-from store_jobs import committed, job, rows
+from store_jobs import committed, job, local_rows, rows
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("local")
-    r = job(tmp, tmp / "out")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return rows(tmp / "out")
+    return local_rows(tmp_path_factory.mktemp("local"))
 
 
 def test_a_gs_prefix_and_a_list_of_gs_entries_equal_the_local_folder(tmp_path, local):

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DEMO, ROOT, run_py
+from conftest import DEMO, ROOT, run_cli_without, run_py
 
 pytest.importorskip("faiss", reason="the search extra (faiss) is not installed: ./run.sh test "
                     "installs it")
@@ -271,14 +271,12 @@ def test_errors_name_the_output_and_what_to_do(output, tmp_path):
         r = cli(*args)
         assert r.returncode == 1 and "has no feature rows" in r.stderr, r.stderr
     # faiss missing: the index command says how to install it
-    code = ("import sys; sys.modules['faiss'] = None; from estimator_vgg.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
-    r = run_py("-c", code, "index", out)
+    r = run_cli_without("faiss", "index", out)
     assert r.returncode == 1 and "faiss is not installed" in r.stderr
     assert "ESTIMATOR_VGG_SEARCH=1" in r.stderr and ".[search]" in r.stderr
     # ... and neighbors falls back to exact search, saying so
     assert cli("index", out, "--rebuild", "--kind", "flat").returncode == 0
-    r = run_py("-c", code, "neighbors", out, "chelsea_cat.JPG", "-k", "1")
+    r = run_cli_without("faiss", "neighbors", out, "chelsea_cat.JPG", "-k", "1")
     assert r.returncode == 0 and "faiss is not installed" in r.stderr
     assert "exact search" in r.stdout.splitlines()[0]
     # a query image that does not decode

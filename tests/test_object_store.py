@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import DEMO, ROOT, run_py
+from conftest import DEMO, ROOT, run_cli_without, run_py
 from s3_server import s3
 
 pytestmark = pytest.mark.slow
@@ -111,9 +111,7 @@ def test_an_s3_output_needs_the_remote_extra_and_a_store_with_create_only_writes
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"input:\n  dir: {DEMO}\noutput:\n  dir: s3://b/out\n"
                    f"model:\n  weights: synthetic\n")
-    code = ("import sys; sys.modules['s3fs'] = None; from estimator_vgg.cli import main; "
-            f"sys.exit(main([{str(cfg)!r}, '--dry-run']))")
-    r = run_py("-c", code, cwd=tmp_path)
+    r = run_cli_without("s3fs", cfg, "--dry-run", cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "output.dir: s3://b/out needs s3fs, which is not installed" in r.stderr
     assert "ESTIMATOR_VGG_REMOTE=1" in r.stderr

@@ -12,7 +12,7 @@ import pytest
 from conftest import DEMO
 from fault_proxy import FaultProxy
 from s3_server import s3, s3_checked
-from store_jobs import committed, job, rows
+from store_jobs import committed, job, local_rows, rows
 
 pytestmark = pytest.mark.slow
 OUT = "s3://out/run"
@@ -22,11 +22,7 @@ GIVE_UP_SOON = {"retries": 2, "request_timeout_s": 2}
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    """The job into a local folder: what every store output must equal, bit for bit."""
-    tmp = tmp_path_factory.mktemp("local")
-    r = job(tmp, tmp / "out")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return rows(tmp / "out")
+    return local_rows(tmp_path_factory.mktemp("local"))
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from conftest import DEMO, ROOT, job_config
-from ray_cluster import descends_from, loopback_cluster
+from ray_cluster import kill_a_shard_worker_of, loopback_cluster
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (./run.sh test "
                                         "installs it)")
@@ -135,45 +135,12 @@ def test_a_worker_killed_from_outside_is_replaced_and_its_shard_redone(
                                  f"run.ray.address={cluster.address}",
                                  "run.ray.parts_per_shard=2"),  # 2 shards of 2 parts
                             env=cluster.env, cwd=tmp_path, stdout=log, stderr=log, text=True)
-    killed = None
-    try:
-        deadline = time.time() + 120
-        while killed is None and time.time() < deadline and proc.poll() is None:
-            for pid in _shard_workers(cluster.groups):
-                time.sleep(0.3)  # inside the shard: importing TensorFlow or predicting
-                if _is_shard_worker(pid):
-                    os.kill(pid, signal.SIGKILL)
-                    killed = pid
-                break
-            time.sleep(0.1)
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.seek(0)
-        stderr = log.read()
-        log.close()
-    assert killed, "no worker was seen running a shard"
-    assert proc.returncode == 3, stderr[-3000:]
+    killed = kill_a_shard_worker_of(cluster, proc, log)
     _assert_same(out, local_output)
     shards = _ray_run(out)["shards"]
     assert sorted(s["parts"] for s in shards) == [["part-00000", "part-00001"],
                                                   ["part-00002", "part-00003"]]
     assert killed not in [s["pid"] for s in shards]  # its shard was redone by another worker
-
-
-def _shard_workers(groups):
-    """Ray worker processes of the test cluster that are running a shard right now."""
-    return [int(d.name) for d in Path("/proc").iterdir()
-            if d.name.isdigit() and _is_shard_worker(int(d.name))
-            and descends_from(int(d.name), groups)]
-
-
-def _is_shard_worker(pid) -> bool:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::embed_shard")
-    except OSError:
-        return False
 
 
 def test_a_worker_killed_after_writing_its_part_is_retried_and_the_part_listed_once(

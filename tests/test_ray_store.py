@@ -3,9 +3,7 @@ mode), a real two-node Ray cluster on loopback whose nodes each have their own c
 (ESTIMATOR_VGG_NODE_CACHE). The converted checkpoint travels to the nodes through Ray's object
 store; the output equals a local run's bitwise; a worker killed mid-shard is redone and its
 part committed once. Every process the tests start is stopped at the end."""
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import DEMO, ROOT, run_py
-from ray_cluster import descends_from, loopback_cluster
+from ray_cluster import end_driver, kill_a_shard_worker_of, loopback_cluster
 from s3_server import s3
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (./run.sh test "
@@ -106,11 +104,7 @@ def test_input_and_output_on_s3_need_no_shared_disk(nodes, images, tmp_path):
             shutil.move(driver_cache, tmp_path / "moved-away")
             proc.wait(timeout=600)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.seek(0)
-            stderr = log.read()
-            log.close()
+            stderr = end_driver(proc, log)
         assert proc.returncode == 3, stderr[-3000:]
         got = rows("s3://out/ray", srv)
         assert got[:3] == want[:3]
@@ -134,41 +128,10 @@ def test_a_worker_killed_mid_shard_is_redone_and_its_parts_committed_once(nodes,
         proc, log = ray_driver(tmp_path, config(tmp_path, srv, "s3://out/ray",
                                                 tmp_path / "cache"), cluster,
                                "run.ray.parts_per_shard=2")
-        killed = None
-        try:
-            wait_for(log, "ray: 2 shards", proc)
-            deadline = time.time() + 120
-            while killed is None and time.time() < deadline and proc.poll() is None:
-                for pid in _shard_workers(cluster.groups):
-                    time.sleep(0.3)
-                    if _is_shard_worker(pid):
-                        os.kill(pid, signal.SIGKILL)
-                        killed = pid
-                    break
-                time.sleep(0.1)
-            proc.wait(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
-        assert killed, "no worker was seen running a shard"
-        assert proc.returncode == 3, open(log.name).read()[-3000:]
+        killed = kill_a_shard_worker_of(cluster, proc, log,
+                                        lambda: wait_for(log, "ray: 2 shards", proc))
         got = rows("s3://out/ray", srv)
         assert got[:3] == want[:3]
         assert killed not in [s["pid"] for s in got[3].runs[-1].details["shards"]]
         listed = srv.client.list_objects_v2(Bucket="out", Prefix="ray/features/")
         assert len(listed.get("Contents", [])) == 3   # the killed attempt's objects are gone
-
-
-def _shard_workers(groups):
-    """Ray workers of this test's cluster running a shard now (not another test's)."""
-    return [int(d.name) for d in Path("/proc").iterdir()
-            if d.name.isdigit() and _is_shard_worker(int(d.name))
-            and descends_from(int(d.name), groups)]
-
-
-def _is_shard_worker(pid) -> bool:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::embed_shard")
-    except OSError:
-        return False

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, make_config, make_tar, run_py
+from conftest import DEMO, make_config, make_tar, run_cli_without
 from estimator_vgg import sources
 from estimator_vgg.config import ConfigError
 from estimator_vgg.storage import Folder
@@ -185,9 +185,7 @@ def test_a_uri_without_the_remote_extra_stops_before_any_work_saying_how_to_inst
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"input:\n  list: {lst}\noutput:\n  dir: {tmp_path / 'out'}\n"
                    f"model:\n  weights: synthetic\n")
-    code = ("import sys; sys.modules['s3fs'] = None; from estimator_vgg.cli import main; "
-            f"sys.exit(main([{str(cfg)!r}]))")
-    r = run_py("-c", code, cwd=tmp_path)
+    r = run_cli_without("s3fs", cfg, cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "s3://bucket/a.jpg needs s3fs, which is not installed" in r.stderr
     assert "ESTIMATOR_VGG_REMOTE=1 ./run.sh" in r.stderr
