@@ -45,18 +45,20 @@ def write_fast_parquet(table, f) -> None:
 
 def read_table(source, columns: Optional[Sequence[str]] = None):
     """The pyarrow Table of a Parquet file given as a path, an open binary file or its bytes,
-    read in the calling thread. Not pq.read_table: over a Python file object it hands the file
-    to pyarrow's dataset scanner, whose I/O threads may drop the last reference to it after the
-    call returned; one that does so while the interpreter exits must take a GIL it can no
-    longer have, and the process aborts ("terminate called without an active exception",
-    exit 134 instead of the job's own exit code)."""
+    read whole in the calling thread (pq.ParquetFile, use_threads=False). Memory or a file
+    that Python owns is released by whichever thread drops pyarrow's last reference to it,
+    and that thread must take the GIL; a pyarrow thread doing so while the interpreter exits
+    aborts the process ("terminate called without an active exception", exit 134 instead of
+    the job's own code). pq.read_table hands the file to the dataset scanner's I/O threads,
+    and a threaded read to its decoding threads: either may hold that last reference after
+    the call returned."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = pa.BufferReader(source)
     with pq.ParquetFile(source) as pf:
-        return pf.read(columns=None if columns is None else list(columns))
+        return pf.read(columns=None if columns is None else list(columns), use_threads=False)
 
 
 @contextlib.contextmanager
@@ -173,10 +175,11 @@ def read_parquet_part(f, out: Optional[np.ndarray] = None) -> Tuple[List[str], n
             out = np.empty((n, FC7_DIM), np.float32)
         elif out.shape != (n, FC7_DIM) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError(f"{f} has {n} rows; the matrix to fill is {out.shape} {out.dtype}")
-        paths = pf.read(columns=["path"]).column("path").to_pylist()
+        threads = not hasattr(f, "read")   # a Python file: in this thread (read_table says why)
+        paths = pf.read(columns=["path"], use_threads=threads).column("path").to_pylist()
         if not _read_fc7_fast(fh, pf, out):
             start = 0
-            for chunk in pf.read(columns=["fc7"]).column("fc7").chunks:  # no combine_chunks
+            for chunk in pf.read(columns=["fc7"], use_threads=threads).column("fc7").chunks:
                 m = chunk.flatten().to_numpy().reshape(-1, FC7_DIM)
                 out[start:start + len(m)] = m
                 start += len(m)

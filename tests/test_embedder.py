@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -294,11 +295,11 @@ def _threads():
 
 def _tasks(until=None, timeout=10.0):
     """The process's OS threads once their count holds still for 0.5 s (threads of the
-    pipelines of earlier calls end a moment after them), or once it is `until`."""
+    pipelines of earlier calls end a moment after them), or once it is `until` or fewer."""
     deadline, last, since = time.time() + timeout, -1, time.time()
     while time.time() < deadline:
         n = len(os.listdir("/proc/self/task"))
-        if n == until:
+        if until is not None and n <= until:
             return n
         if n != last:
             last, since = n, time.time()
@@ -310,8 +311,10 @@ def _tasks(until=None, timeout=10.0):
 
 def test_close_stops_its_thread_and_session_and_leaves_nothing_behind(small, small_rows, job):
     """Python threads are compared by name (TensorFlow's own threads that ran Python show as
-    Dummy-N entries, which Python 3.11 keeps after they end); the process's OS threads are
-    counted in /proc: back to the count before the embedder opened."""
+    Dummy-N entries, which Python 3.11 keeps after they end): none is left that was not there
+    before; the process's OS threads are counted in /proc: back to the count before the
+    embedder opened, or fewer (threads of earlier tests in this worker, an HTTP server's
+    handler, may end meanwhile)."""
     from estimator_vgg import Embedder
 
     before, tasks = _threads(), _tasks()
@@ -321,8 +324,8 @@ def test_close_stops_its_thread_and_session_and_leaves_nothing_behind(small, sma
         session = e._session
         assert _tasks() > tasks
     assert e.closed and session._closed
-    assert _threads() == before
-    assert _tasks(until=tasks) == tasks
+    assert not Counter(_threads()) - Counter(before)
+    assert _tasks(until=tasks) <= tasks
     with pytest.raises(EmbedderClosed, match="closed: open a new one"):
         e.embed(job[0][:1])
     e.close()   # again: nothing to do
