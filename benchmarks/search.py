@@ -20,7 +20,8 @@ runs it (a subprocess, so its peak memory is its own):
             --path-reps runs over different rows, beside the time to read the index's path
             column alone; also on the earlier releases' copy of the first --read-rows rows,
             indexed the same way, and the duplicate search there
-The last line sums up every N.
+The last line sums up every N. --only-path: write, build and path only (how a query by path
+grows with N, without the hour the duplicates take at 1,000,000 rows).
 
 The synthetic fc7: rows fall in clusters (about 200 rows each) of a 32-d latent space, lifted
 to 4096-d by one fixed random matrix, ReLU'd (about half the values are zero, as in fc7), plus
@@ -237,6 +238,10 @@ def bench(rows: int, base: Path, args) -> dict:
     print(f"[{rows}] wrote the output: {res['write_s']:.1f} s, {disk / 1e9:.2f} GB, "
           f"{len(planted)} planted pairs", flush=True)
 
+    exe = [sys.executable, "-m", "estimator_vgg"]
+    if args.only_path:
+        return {**res, **build_and_query_by_path(out, rows, args, exe)}
+
     # read_features: this release's layout against earlier releases', same rows
     nread = min(rows, args.read_rows)
     new_view, old_view = base / f"read-new-{rows}", base / f"read-old-{rows}"
@@ -254,13 +259,7 @@ def bench(rows: int, base: Path, args) -> dict:
           f"{res['read_old_s'] / res['read_new_s']:.1f}x; disk {res['disk_ratio']:.2f}x",
           flush=True)
 
-    exe = [sys.executable, "-m", "estimator_vgg"]
-    s, mb, text = run_measured([*exe, "index", out, *args.index_args.split()])
-    res["build_s"], res["build_mb"] = s, mb
-    res["kind"] = next((line for line in text.splitlines() if " built " in line), "").strip()
-    print(text.strip(), flush=True)
-    print(f"[{rows}] index build: {s:.1f} s, peak {mb:.0f} MB", flush=True)
-    res.update(path_queries(out, rows, args, "path"))
+    res.update(build_and_query_by_path(out, rows, args, exe))
     run_measured([*exe, "index", old_view, *args.index_args.split()])
     res.update(path_queries(old_view, nread, args, "path_old"))
     print(f"[{rows}] query by path: {res['path_s']:.2f} s, peak {res['path_mb']:.0f} MB "
@@ -324,6 +323,22 @@ def bench(rows: int, base: Path, args) -> dict:
     return res
 
 
+def build_and_query_by_path(out, rows: int, args, exe) -> dict:
+    """`estimator-vgg index OUT`, timed, then the queries by path over it."""
+    s, mb, text = run_measured([*exe, "index", out, *args.index_args.split()])
+    res = {"build_s": s, "build_mb": mb,
+           "kind": next((ln for ln in text.splitlines() if " built " in ln), "").strip()}
+    print(text.strip(), flush=True)
+    print(f"[{rows}] index build: {s:.1f} s, peak {mb:.0f} MB", flush=True)
+    res.update(path_queries(out, rows, args, "path"))
+    if args.only_path:
+        print(f"[{rows}] query by path: {res['path_s']:.2f} s, peak {res['path_mb']:.0f} MB "
+              f"(path column alone {res['path_column_s']:.2f} s)", flush=True)
+        if not args.keep:
+            shutil.rmtree(out)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000])
@@ -339,6 +354,10 @@ def main() -> None:
     ap.add_argument("--path-reps", type=int, default=5,
                     help="queries by path from the command line (default 5)")
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
+    ap.add_argument("--only-path", action="store_true",
+                    help="write the output, build the index and time queries by path only "
+                         "(no read, query, recall or duplicates step, no earlier layout): "
+                         "how a query by path grows with N, in minutes instead of an hour")
     args = ap.parse_args()
     print(f"machine: {cpu()}; Python {platform.python_version()}", flush=True)
     base = args.dir or Path(tempfile.mkdtemp(prefix="search-bench-"))
@@ -346,6 +365,13 @@ def main() -> None:
     results = [bench(n, base, args) for n in args.rows]
     if not args.dir:
         shutil.rmtree(base, ignore_errors=True)
+    if args.only_path:
+        print("| rows | build s | build peak MB | query by path s | peak MB | path column s |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in results:
+            print(f"| {r['rows']} | {r['build_s']:.1f} | {r['build_mb']:.0f} | "
+                  f"{r['path_s']:.2f} | {r['path_mb']:.0f} | {r['path_column_s']:.2f} |")
+        return
     print("| rows | build s | build peak MB | query ms (median/p95) | recall@10 | "
           "duplicates s | planted found | read_features s (now/before) |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
