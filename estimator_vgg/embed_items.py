@@ -2,8 +2,8 @@
 entries, bytes of an image file, uint8 RGB arrays and PIL images; and why one failed.
 
     call = Call(7, room=4)                    # one embed() call: its queue of Items, its errors
-    reader = ItemReader(cfg, call, current)   # the Python stage over the call (reader.Reader)
-    reason, message = why(cfg, item)          # an item the pipeline dropped, as probe.py says
+    reader = ItemReader(cfg.input, exif, call, current)  # the Python stage over the call
+    reason, message = why(cfg.input, cfg.preprocess, item)  # a dropped item, as probe.py says
 
 Paths and bytes are handed to TensorFlow's decoders as the job's Python stage hands them (the
 Pillow fallback and EXIF orientation included); an array or a PIL image as its pixels in a
@@ -110,9 +110,9 @@ class ItemReader(Reader):
     bytes as they are, arrays and PIL images as BMPs. current(): the call being served; once
     it is another one the call was given up, and this reader stops."""
 
-    def __init__(self, cfg, call: Call, current: Callable[[], object]):
-        super().__init__(cfg.input, (), call.errors, exif=cfg.preprocess.exif_orientation)
-        self.exif, self.call, self.current = cfg.preprocess.exif_orientation, call, current
+    def __init__(self, input_cfg, exif: bool, call: Call, current: Callable[[], object]):
+        super().__init__(input_cfg, (), call.errors, exif=exif)
+        self.exif, self.call, self.current = exif, call, current
         self.schemes: Dict[str, object] = {}
 
     def next_entry(self, wait: bool):
@@ -168,17 +168,17 @@ class ItemReader(Reader):
         return read_entry(self.input_cfg, key)
 
 
-def why(cfg, item: Item) -> Tuple[str, str]:
+def why(input_cfg, preprocess_cfg, item: Item) -> Tuple[str, str]:
     """(reason, message) of an item the pipeline dropped, as the errors table gives it: a
     local file classified as the job's list entries are (probe.classify), other bytes
     (a URI's, a tar member's, the caller's, an array's BMP) read again and classified."""
     from estimator_vgg import probe
 
-    i, p, o = cfg.input, cfg.preprocess, item.obj
+    i, p, o = input_cfg, preprocess_cfg, item.obj
     if isinstance(o, str) and not is_uri(o) and ".tar/" not in o.lower() and (
             os.path.isabs(o) or (i.dir is not None and not is_uri(i.dir))):
         return probe.classify("", os.path.join(str(i.dir or ""), o), i.max_pixels, True, p)
-    reader = ItemReader(cfg, Call(0, 1), lambda: None)
+    reader = ItemReader(i, p.exif_orientation, Call(0, 1), lambda: None)
     try:
         data = reader.read(o) if isinstance(o, str) else reader.prepare(item)[0]
     except FetchError as e:

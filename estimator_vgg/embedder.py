@@ -173,7 +173,7 @@ class _Collect:
         call = self.call
         for j in [j for j in call.pending if j < upto]:
             item = call.pending.pop(j)
-            reason, message = call.errors.pop(call.key(j), None) or why(self.emb.cfg, item)
+            reason, message = call.errors.pop(call.key(j), None) or why(self.emb.cfg.input, self.emb.cfg.preprocess, item)
             failure = Failure(j, item.name(self.emb.cfg.input.dir), reason, message)
             if self.on_error == "raise":
                 raise EmbedError(failure)
@@ -388,7 +388,7 @@ class Embedder:
             return ds.filter(lambda batch: tf.reshape(
                 tf.numpy_function(current, [cid], tf.bool, stateful=True), []))
 
-        options = dataset_options(self.cfg)
+        options = dataset_options(self.cfg.input.decode_threads)
         options.experimental_optimization.inject_prefetch = False
         ds = tf.data.Dataset.from_generator(calls, output_signature=tf.TensorSpec([], tf.int64))
         return ds.flat_map(one_call).with_options(options)
@@ -398,7 +398,8 @@ class Embedder:
         call = self._live.get(int(cid))
         if call is None or call is not self._current:
             return
-        reader = ItemReader(self.cfg, call, lambda: self._current)
+        reader = ItemReader(self.cfg.input, self.cfg.preprocess.exif_orientation, call,
+                            lambda: self._current)
         try:
             yield from reader.take(sys.maxsize)
         except Exception as e:  # noqa: BLE001 - else it would read as the items failing

@@ -108,9 +108,9 @@ def served_part(cfg: Config, generator: Callable, args: tuple = ()) -> tf.data.D
                  cfg.input.decode_threads, cfg.devices.batch_size * cfg.towers)
 
 
-def dataset_options(cfg: Config) -> tf.data.Options:
+def dataset_options(decode_threads: int) -> tf.data.Options:
     """The tf.data options of the job's input pipeline (a new object each call)."""
-    return _options(cfg.input.decode_threads)
+    return _options(decode_threads)
 
 
 def _load_bytes(image: _Image, exif: bool) -> Callable:
