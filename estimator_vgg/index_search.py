@@ -40,7 +40,8 @@ class SearchIndex(Searcher):
     """
 
     def __init__(self, output: Output, faiss, record: Record, idx, transform, stale: List[int],
-                 rescore: bool = True, index_files_dir: Optional[Path] = None):
+                 rescore: bool = True, index_files_dir: Optional[Path] = None,
+                 mapped: bool = False):
         self.out_dir, self.output = output.dir, output
         self.dir = index_files_dir or local_dir(output)   # where this machine reads its files
         self.record, self.stale_parts = record, stale
@@ -53,6 +54,7 @@ class SearchIndex(Searcher):
         self._extra: Optional[Tuple[np.ndarray, np.ndarray]] = None
         self._codes = self._offsets = None
         self.rescore = rescore and not record.keeps_fc7
+        self._mapped, self._nprobe = mapped, record.nprobe   # idx memory-mapped (load_index)
         set_nprobe(faiss, idx, record.nprobe)
         self._starts = np.cumsum([0] + [n for _, n in record.parts])
         self._reader = RowReader(output.open_features, lambda i: output.read_part(i)[1])
@@ -94,7 +96,19 @@ class SearchIndex(Searcher):
         return self._column
 
     def set_nprobe(self, nprobe: int) -> None:
+        self._nprobe = nprobe
         set_nprobe(self._faiss, self._idx, nprobe)
+
+    def _scanning_index(self):
+        """The index for a search from every row (the duplicates): read whole, once. A
+        mapped index suits a few queries, which touch only the lists they probe; a range
+        search from every row touches every list many times, and ran 1.3x slower mapped
+        (100,000 rows, 20,000 queries, nprobe 16)."""
+        if self._mapped:
+            self._idx = self._faiss.read_index(str(self.dir / VECTORS))
+            set_nprobe(self._faiss, self._idx, self._nprobe)
+            self._mapped = False
+        return self._idx
 
     # -- rows
     def extra_paths(self) -> List[str]:
@@ -231,8 +245,9 @@ class SearchIndex(Searcher):
             margin = max(margin, 0.05)
         radius = threshold - margin - 1e-6
         A, B, S = [], [], []
+        idx = self._scanning_index()
         for start, q in self._query_codes(batch):
-            lims, dist, ids = self._idx.range_search(q, radius)
+            lims, dist, ids = idx.range_search(q, radius)
             a = np.repeat(np.arange(start, start + len(q)), np.diff(lims.astype(np.int64)))
             m = a < ids
             A.append(a[m]); B.append(ids[m].astype(np.int64)); S.append(dist[m])  # noqa: E702
@@ -299,12 +314,12 @@ def load_index(where, rescore: bool = True, manifest=None,
     faiss = import_faiss()
     stale = check_belongs(record, manifest, out_dir)
     try:   # mapped, not read: a query touches the lists it probes (a million rows: 1 GB)
-        idx = faiss.read_index(str(d / VECTORS), faiss.IO_FLAG_MMAP)
+        idx, mapped = faiss.read_index(str(d / VECTORS), faiss.IO_FLAG_MMAP), True
     except RuntimeError:   # a kind faiss cannot map
-        idx = faiss.read_index(str(d / VECTORS))
+        idx, mapped = faiss.read_index(str(d / VECTORS)), False
     if idx.ntotal != record.rows:
         raise SearchError(f"{d / VECTORS} holds {idx.ntotal} vectors but {d / RECORD} says "
                           f"{record.rows}: an index build was stopped; run `estimator-vgg "
                           f"index {out_dir}` again")
     transform = Pca.load(d / TRANSFORM) if record.pca else None
-    return SearchIndex(output, faiss, record, idx, transform, stale, rescore, d)
+    return SearchIndex(output, faiss, record, idx, transform, stale, rescore, d, mapped)
