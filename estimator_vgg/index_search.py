@@ -102,8 +102,8 @@ class SearchIndex(Searcher):
     def _scanning_index(self):
         """The index for a search from every row (the duplicates): read whole, once. A
         mapped index suits a few queries, which touch only the lists they probe; a range
-        search from every row touches every list many times, and ran 1.3x slower mapped
-        (100,000 rows, 20,000 queries, nprobe 16)."""
+        search from every row touches every list many times, and ran 1.1x-1.3x slower mapped
+        (benchmarks/index_mmap.py: 100,000 rows, 20,000 queries, nprobe 16)."""
         if self._mapped:
             self._idx = self._faiss.read_index(str(self.dir / VECTORS))
             set_nprobe(self._faiss, self._idx, self._nprobe)
