@@ -18,8 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from estimator_vgg.index_files import (CODES, OFFSETS, PATHS, RECORD, TRANSFORM, VECTORS, Codes,
-                                       Pca, Record, check_belongs, import_faiss, load_paths,
-                                       local_dir, set_nprobe)
+                                       Pca, Record, check_belongs, import_faiss, local_dir,
+                                       set_nprobe)
 from estimator_vgg.output import Output
 from estimator_vgg.parquet_layout import RowReader
 from estimator_vgg.query import embed_file
@@ -82,7 +82,8 @@ class SearchIndex(Searcher):
     def paths(self) -> List[str]:
         """Every indexed row's path, as a list (read_column() is what searches use)."""
         if self._paths is None:
-            self._paths = load_paths(self.dir)
+            column = self.read_column()
+            self._paths = column.to_pylist() if column is not None else []
         return self._paths
 
     def read_column(self):
